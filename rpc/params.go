@@ -12,8 +12,8 @@ import (
 var emptyObject = []byte("{}")
 
 // CheckParams returns a -32602 error unless raw is absent, an object or an
-// array, the forms JSON-RPC 2.0 allows. Methods whose params are forwarded
-// without being decoded use it; DecodeParams runs the same check.
+// array, the forms JSON-RPC 2.0 allows. It is meant for params that are
+// forwarded without being decoded. DecodeParams runs the same check.
 func CheckParams(raw json.RawMessage) *Error {
 	switch firstByte(raw) {
 	case 0, '{', '[':
