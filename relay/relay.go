@@ -1,0 +1,319 @@
+// Package relay turns what the LISTEN connection receives into events for
+// the hub: it decodes the realtime functions' notifications, gives durable
+// events their ids when their transaction's commit notification arrives,
+// reads events that were too large for a NOTIFY from the table, relays
+// configured pg_notify channels as pg.<channel>, and catches up from the
+// table after every gap in the LISTEN connection.
+//
+// Durable events reach Deliver in id order, each exactly once, whether they
+// arrived by NOTIFY or by catch-up.
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"time"
+
+	"github.com/pgsidecar/sidecar/listen"
+	"github.com/pgsidecar/sidecar/store"
+	"github.com/pgsidecar/sidecar/topic"
+)
+
+// CatchUpPage is how many events one catch-up query reads.
+const CatchUpPage = 1000
+
+// Reader is the part of the store the relay reads from.
+type Reader interface {
+	Segment(ctx context.Context, segment int64, ords []int32) ([]store.Event, error)
+	After(ctx context.Context, after int64, limit int) ([]store.Event, error)
+}
+
+// Config configures a Relay.
+type Config struct {
+	Store Reader
+	// Deliver receives every event, on the goroutine that runs Run. It must
+	// not block for long: the hub's Publish never does.
+	Deliver func(store.Event)
+	// Last is the newest durable id already delivered or not wanted, such
+	// as the database's head at start-up. Catch-up begins after it.
+	Last int64
+	// Logger receives catch-up and decoding problems; nil discards them.
+	Logger *slog.Logger
+	// Now stamps pg_notify events, which carry no database time; nil means
+	// time.Now.
+	Now func() time.Time
+}
+
+// Relay is the state between the LISTEN connection and the hub. It is used
+// by one goroutine, the one that calls Run.
+type Relay struct {
+	cfg     Config
+	log     *slog.Logger
+	last    int64
+	pending map[int64][]pendingEvent
+
+	caughtUp int64
+}
+
+type pendingEvent struct {
+	ord   int32
+	event store.Event
+	ref   bool
+}
+
+// notification is the payload the realtime functions send. k is the kind:
+// e (a durable event), r (a durable event too large to carry: read it from
+// the table), c (a segment committed with ids f to f+n-1) or b (ephemeral).
+type notification struct {
+	Kind    string          `json:"k"`
+	Segment int64           `json:"s"`
+	Ord     int32           `json:"o"`
+	Topic   string          `json:"t"`
+	TS      string          `json:"ts"`
+	Data    json.RawMessage `json:"d"`
+	First   int64           `json:"f"`
+	Count   int64           `json:"n"`
+}
+
+// New returns a Relay.
+func New(cfg Config) *Relay {
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	return &Relay{cfg: cfg, log: cfg.Logger, last: cfg.Last, pending: map[int64][]pendingEvent{}}
+}
+
+// Last returns the newest durable id delivered so far. Only the goroutine
+// that runs Run may call it.
+func (r *Relay) Last() int64 { return r.last }
+
+// CaughtUp returns how many events catch-up has delivered in all.
+func (r *Relay) CaughtUp() int64 { return r.caughtUp }
+
+// Run handles events until ctx ends or events is closed. A failed catch-up
+// is retried until it succeeds, because delivering later events first
+// would break the id order.
+func (r *Relay) Run(ctx context.Context, events <-chan listen.Event) error {
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-events:
+			if !ok {
+				return nil
+			}
+			if err := r.Handle(ctx, ev); err != nil {
+				if ctx.Err() != nil {
+					return nil
+				}
+				return err
+			}
+		}
+	}
+}
+
+// Handle processes one listener event.
+func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
+	switch {
+	case ev.Kind == listen.Resync:
+		return r.catchUp(ctx)
+	case ev.Channel == store.Channel:
+		return r.handleRealtime(ctx, ev.Payload)
+	default:
+		r.deliverChannel(ev.Channel, ev.Payload)
+		return nil
+	}
+}
+
+// catchUp reads every event committed after the last delivered one. It
+// drops what the old connection left half-received: those segments are
+// either committed, and read here, or were never committed.
+func (r *Relay) catchUp(ctx context.Context) error {
+	clear(r.pending)
+
+	delay := 100 * time.Millisecond
+	total := 0
+	for {
+		page, err := r.cfg.Store.After(ctx, r.last, CatchUpPage)
+		if err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			r.log.Warn("catch-up read failed, retrying", "after_id", r.last, "retry_in", delay, "err", err)
+			if !sleep(ctx, delay) {
+				return ctx.Err()
+			}
+			delay = min(2*delay, 5*time.Second)
+			continue
+		}
+
+		for _, ev := range page {
+			r.deliverDurable(ev)
+		}
+		total += len(page)
+		if len(page) < CatchUpPage {
+			break
+		}
+	}
+
+	r.caughtUp += int64(total)
+	r.log.Info("caught up after listener (re)connect", "events", total, "last_id", r.last)
+	return nil
+}
+
+func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
+	var n notification
+	if err := json.Unmarshal([]byte(payload), &n); err != nil {
+		r.log.Error("undecodable notification on the realtime channel, ignored", "err", err, "bytes", len(payload))
+		return nil
+	}
+
+	switch n.Kind {
+	case "e", "r":
+		r.pending[n.Segment] = append(r.pending[n.Segment], pendingEvent{
+			ord:   n.Ord,
+			ref:   n.Kind == "r",
+			event: store.Event{Topic: n.Topic, Data: n.Data, TS: n.TS},
+		})
+	case "c":
+		return r.commit(ctx, n)
+	case "b":
+		if err := topic.Validate(n.Topic); err != nil {
+			r.log.Error("ephemeral event with an invalid topic, ignored", "err", err)
+			return nil
+		}
+		r.cfg.Deliver(store.Event{Topic: n.Topic, Data: n.Data, TS: n.TS})
+	default:
+		r.log.Error("notification of unknown kind on the realtime channel, ignored", "kind", n.Kind)
+	}
+	return nil
+}
+
+// commit delivers a committed segment's events with their ids. Events that
+// did not travel in the notification are read from the table.
+func (r *Relay) commit(ctx context.Context, n notification) error {
+	held := r.pending[n.Segment]
+	delete(r.pending, n.Segment)
+
+	if n.First+n.Count-1 <= r.last {
+		return nil // already delivered by a catch-up
+	}
+
+	var missing []int32
+	for _, p := range held {
+		if p.ref {
+			missing = append(missing, p.ord)
+		}
+	}
+	complete := int64(len(held)) == n.Count
+	if !complete || len(missing) > 0 {
+		if !complete {
+			missing = nil // read the whole segment
+		}
+		fetched, err := r.readSegment(ctx, n.Segment, missing)
+		if err != nil {
+			return err
+		}
+		held = merge(held, fetched, n.First, complete)
+	}
+
+	for _, p := range held {
+		ev := p.event
+		ev.ID = n.First + int64(p.ord)
+		r.deliverDurable(ev)
+	}
+	if last := n.First + n.Count - 1; last > r.last {
+		r.last = last
+	}
+	return nil
+}
+
+// readSegment retries until the read succeeds or ctx ends: skipping the
+// segment would lose its events.
+func (r *Relay) readSegment(ctx context.Context, segment int64, ords []int32) ([]store.Event, error) {
+	delay := 100 * time.Millisecond
+	for {
+		events, err := r.cfg.Store.Segment(ctx, segment, ords)
+		if err == nil {
+			return events, nil
+		}
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		r.log.Warn("reading a committed segment failed, retrying", "segment", segment, "retry_in", delay, "err", err)
+		if !sleep(ctx, delay) {
+			return nil, ctx.Err()
+		}
+		delay = min(2*delay, 5*time.Second)
+	}
+}
+
+// merge fills the held events with those read from the table. When the
+// notifications were incomplete, the table's copy of the segment replaces
+// them.
+func merge(held []pendingEvent, fetched []store.Event, first int64, complete bool) []pendingEvent {
+	if !complete {
+		out := make([]pendingEvent, len(fetched))
+		for i, ev := range fetched {
+			out[i] = pendingEvent{ord: int32(ev.ID - first), event: ev}
+		}
+		return out
+	}
+
+	byOrd := make(map[int32]store.Event, len(fetched))
+	for _, ev := range fetched {
+		byOrd[int32(ev.ID-first)] = ev
+	}
+	for i, p := range held {
+		if p.ref {
+			held[i].event = byOrd[p.ord]
+			held[i].ref = false
+		}
+	}
+	return held
+}
+
+func (r *Relay) deliverDurable(ev store.Event) {
+	if ev.ID <= r.last && ev.ID != 0 {
+		return
+	}
+	if ev.Topic == "" {
+		// A reference whose row was not found: it was deleted by
+		// retention between commit and read.
+		r.log.Warn("event not found in the table, skipped", "id", ev.ID)
+		r.last = max(r.last, ev.ID)
+		return
+	}
+	r.cfg.Deliver(ev)
+	r.last = ev.ID
+}
+
+// deliverChannel relays a notification of a configured pg_notify channel
+// as an ephemeral event on pg.<channel>.
+func (r *Relay) deliverChannel(channel, payload string) {
+	data := json.RawMessage(payload)
+	if !json.Valid(data) {
+		quoted, _ := json.Marshal(payload)
+		data = quoted
+	}
+	r.cfg.Deliver(store.Event{
+		Topic: "pg." + topic.Sanitize(channel),
+		Data:  data,
+		TS:    r.cfg.Now().UTC().Format(store.TimeLayout),
+	})
+}
+
+func sleep(ctx context.Context, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}

@@ -1,0 +1,112 @@
+package server
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+)
+
+// Config holds every setting of a sidecar server. The command line fills it
+// from flags and environment variables; Defaults gives the documented
+// defaults.
+type Config struct {
+	DatabaseURL       string
+	ListenDatabaseURL string // empty means DatabaseURL
+	Addr              string
+
+	APIKeys            []string
+	JWTSecret          []byte
+	AnonymousSubscribe []string
+	AnonymousPublish   []string
+	AllowedOrigins     []string
+	ListenChannels     []string
+
+	Retention     time.Duration
+	MaxEventBytes int
+	ReplayLimit   int
+	MaxInFlight   int
+
+	Heartbeat    time.Duration
+	AuthTimeout  time.Duration
+	UnreadyAfter time.Duration
+	DrainTimeout time.Duration
+
+	QueueBytes    int
+	MaxQueueBytes int
+	SlowGrace     time.Duration
+	WriteTimeout  time.Duration
+
+	// Migrate applies the embedded migrations at start.
+	Migrate bool
+
+	Version string
+	Logger  *slog.Logger
+}
+
+// Defaults returns the documented default configuration.
+func Defaults() Config {
+	return Config{
+		Addr:          ":7070",
+		Retention:     24 * time.Hour,
+		MaxEventBytes: 1 << 20,
+		ReplayLimit:   10000,
+		MaxInFlight:   1024,
+		Heartbeat:     25 * time.Second,
+		AuthTimeout:   10 * time.Second,
+		UnreadyAfter:  30 * time.Second,
+		DrainTimeout:  15 * time.Second,
+		QueueBytes:    4 << 20,
+		MaxQueueBytes: 256 << 20,
+		SlowGrace:     5 * time.Second,
+		WriteTimeout:  10 * time.Second,
+		Migrate:       true,
+		Version:       "dev",
+	}
+}
+
+// Validate reports the first setting that cannot work, naming it.
+func (c *Config) Validate() error {
+	var errs []error
+	if c.DatabaseURL == "" {
+		errs = append(errs, errors.New("--database-url (DATABASE_URL) is not set: give the Postgres URL, for example postgres://user:pass@host:5432/db"))
+	}
+	if c.MaxEventBytes < 1024 {
+		errs = append(errs, fmt.Errorf("--max-event-bytes is %d: it must be at least 1024", c.MaxEventBytes))
+	}
+	if c.Heartbeat < 5*time.Second {
+		errs = append(errs, fmt.Errorf("--heartbeat is %s: it must be at least 5s", c.Heartbeat))
+	}
+	if c.Retention < time.Minute {
+		errs = append(errs, fmt.Errorf("--retention is %s: it must be at least 1m", c.Retention))
+	}
+	if c.ReplayLimit < 1 {
+		errs = append(errs, fmt.Errorf("--replay-limit is %d: it must be at least 1", c.ReplayLimit))
+	}
+	if c.MaxInFlight < 1 {
+		errs = append(errs, fmt.Errorf("--max-in-flight is %d: it must be at least 1", c.MaxInFlight))
+	}
+	if c.QueueBytes < 64<<10 {
+		errs = append(errs, fmt.Errorf("--client-queue-bytes is %d: it must be at least 65536", c.QueueBytes))
+	}
+	if c.MaxQueueBytes < c.QueueBytes+c.MaxEventBytes {
+		errs = append(errs, fmt.Errorf("--client-max-queue-bytes is %d: it must be at least --client-queue-bytes plus --max-event-bytes (%d)", c.MaxQueueBytes, c.QueueBytes+c.MaxEventBytes))
+	}
+	for _, d := range []struct {
+		name  string
+		value time.Duration
+	}{
+		{"--auth-timeout", c.AuthTimeout}, {"--unready-after", c.UnreadyAfter}, {"--drain-timeout", c.DrainTimeout},
+		{"--slow-client-grace", c.SlowGrace}, {"--write-timeout", c.WriteTimeout},
+	} {
+		if d.value <= 0 {
+			errs = append(errs, fmt.Errorf("%s is %s: it must be positive", d.name, d.value))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// readLimit is the largest websocket message a client may send.
+func (c *Config) readLimit() int64 {
+	return int64(c.MaxEventBytes) + 64<<10
+}

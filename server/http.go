@@ -1,0 +1,238 @@
+package server
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/labstack/echo/v4"
+	"github.com/labstack/echo/v4/middleware"
+
+	"github.com/pgsidecar/sidecar/store"
+	"github.com/pgsidecar/sidecar/topic"
+)
+
+// maxBatch bounds the events of one POST /v1/publish.
+const maxBatch = 1000
+
+func (s *Server) routes() http.Handler {
+	e := echo.New()
+	e.HideBanner = true
+	e.HidePort = true
+	e.Logger.SetOutput(io.Discard)
+
+	e.Use(middleware.RequestIDWithConfig(middleware.RequestIDConfig{
+		Generator: newClientID,
+	}))
+	e.Use(middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
+		LogStatus: true, LogURIPath: true, LogMethod: true, LogLatency: true, LogRequestID: true,
+		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
+			// The path only: a token may ride in the query string.
+			s.log.Info("http request", "request_id", v.RequestID, "method", v.Method,
+				"path", v.URIPath, "status", v.Status, "duration", v.Latency)
+			return nil
+		},
+	}))
+	e.Use(middleware.RecoverWithConfig(middleware.RecoverConfig{
+		LogErrorFunc: func(c echo.Context, err error, stack []byte) error {
+			s.log.Error("handler panic", "request_id", c.Response().Header().Get(echo.HeaderXRequestID),
+				"err", err, "stack", string(stack))
+			return err
+		},
+	}))
+
+	e.GET("/healthz", func(c echo.Context) error {
+		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
+	})
+	e.GET("/readyz", s.readyz)
+	e.GET("/v1/ws", echo.WrapHandler(http.HandlerFunc(s.serveWS)))
+
+	api := e.Group("/v1", s.requireAPIKey)
+	api.POST("/publish", s.publishHTTP)
+
+	e.HTTPErrorHandler = func(err error, c echo.Context) {
+		if c.Response().Committed {
+			return
+		}
+		var he *echo.HTTPError
+		if errors.As(err, &he) {
+			code, msg := "http_error", http.StatusText(he.Code)
+			switch he.Code {
+			case http.StatusNotFound:
+				code, msg = "not_found", "no such endpoint: "+c.Request().Method+" "+c.Request().URL.Path
+			case http.StatusMethodNotAllowed:
+				code, msg = "method_not_allowed", c.Request().Method+" is not allowed on "+c.Request().URL.Path
+			}
+			writeError(c.Response(), he.Code, code, msg)
+			return
+		}
+		s.log.Error("http handler failed", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
+		writeError(c.Response(), http.StatusInternalServerError, "internal", "internal error")
+	}
+	return e
+}
+
+// writeError writes the HTTP API's error body.
+func writeError(w http.ResponseWriter, status int, code, message string) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": message}})
+}
+
+func apiError(c echo.Context, status int, code, message string) error {
+	writeError(c.Response(), status, code, message)
+	return nil
+}
+
+func (s *Server) requireAPIKey(next echo.HandlerFunc) echo.HandlerFunc {
+	return func(c echo.Context) error {
+		key, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
+		if !ok || !s.apiKeys.Valid(key) {
+			return apiError(c, http.StatusUnauthorized, "unauthorized", "missing or wrong API key: send Authorization: Bearer <key> with a key from --api-keys")
+		}
+		return next(c)
+	}
+}
+
+// readiness is the body of /readyz.
+type readiness struct {
+	Ready    bool          `json:"ready"`
+	Started  bool          `json:"started"`
+	Draining bool          `json:"draining"`
+	Epoch    string        `json:"epoch,omitempty"`
+	Listener listenerState `json:"listener"`
+}
+
+type listenerState struct {
+	Connected  bool      `json:"connected"`
+	Since      time.Time `json:"since"`
+	LastError  string    `json:"last_error,omitempty"`
+	Reconnects uint64    `json:"reconnects"`
+}
+
+// readyz is 503 until the first start completes and while draining. A
+// later Postgres outage shows in the body at once but turns the status to
+// 503 only after UnreadyAfter, because an unready sidecar takes its whole
+// pod out of service.
+func (s *Server) readyz(c echo.Context) error {
+	st := s.listener.Status()
+	r := readiness{
+		Started:  s.started.Load(),
+		Draining: s.draining.Load(),
+		Epoch:    s.epoch(),
+		Listener: listenerState{Connected: st.Connected, Since: st.Since, LastError: st.LastError, Reconnects: st.Reconnects},
+	}
+	outage := !st.Connected && time.Since(st.Since) > s.cfg.UnreadyAfter
+	r.Ready = r.Started && !r.Draining && !outage
+
+	status := http.StatusOK
+	if !r.Ready {
+		status = http.StatusServiceUnavailable
+	}
+	return c.JSON(status, r)
+}
+
+type publishRequest struct {
+	publishItem
+	Events []publishItem `json:"events"`
+}
+
+type publishItem struct {
+	Topic   *string         `json:"topic"`
+	Data    json.RawMessage `json:"data"`
+	Durable *bool           `json:"durable"`
+}
+
+// publishHTTP is POST /v1/publish: one event, or several in one
+// transaction with {"events": [...]}.
+func (s *Server) publishHTTP(c echo.Context) error {
+	if !s.started.Load() || s.draining.Load() {
+		return apiError(c, http.StatusServiceUnavailable, "not_ready", "the sidecar is starting or draining: retry shortly")
+	}
+
+	limit := int64(maxBatch)*int64(s.cfg.MaxEventBytes) + 64<<10
+	limit = min(limit, 64<<20)
+	body, err := io.ReadAll(http.MaxBytesReader(c.Response(), c.Request().Body, limit))
+	if err != nil {
+		var tooLarge *http.MaxBytesError
+		if errors.As(err, &tooLarge) {
+			return apiError(c, http.StatusRequestEntityTooLarge, "body_too_large", "request body is over the limit of "+itoa(limit)+" bytes")
+		}
+		return apiError(c, http.StatusBadRequest, "invalid_body", "could not read the request body")
+	}
+
+	var req publishRequest
+	if err := json.Unmarshal(body, &req); err != nil {
+		return apiError(c, http.StatusBadRequest, "invalid_json", "request body is not a JSON object of the form {\"topic\", \"data\", \"durable\"} or {\"events\": [...]}: "+err.Error())
+	}
+
+	batch := req.Events != nil
+	items := req.Events
+	if !batch {
+		items = []publishItem{req.publishItem}
+	}
+	if len(items) == 0 {
+		return apiError(c, http.StatusBadRequest, "invalid_events", `"events" is empty: give at least one event`)
+	}
+	if len(items) > maxBatch {
+		return apiError(c, http.StatusBadRequest, "invalid_events", `"events" has `+itoa(int64(len(items)))+" entries, over the limit of "+itoa(maxBatch))
+	}
+
+	pubs := make([]store.Publication, len(items))
+	for i, it := range items {
+		where := "event"
+		if batch {
+			where = "events[" + itoa(int64(i)) + "]"
+		}
+		if it.Topic == nil {
+			return apiError(c, http.StatusBadRequest, "invalid_topic", where+`: "topic" is missing`)
+		}
+		if err := topic.Validate(*it.Topic); err != nil {
+			return apiError(c, http.StatusBadRequest, "invalid_topic", where+": "+err.Error())
+		}
+		data := it.Data
+		if data == nil {
+			data = json.RawMessage("null")
+		}
+		pubs[i] = store.Publication{Topic: *it.Topic, Data: data, Durable: it.Durable == nil || *it.Durable}
+	}
+
+	ids, err := s.store.PublishAll(c.Request().Context(), pubs)
+	if err != nil {
+		return s.publishFailed(c, err)
+	}
+
+	if !batch {
+		if !pubs[0].Durable {
+			return c.JSON(http.StatusOK, struct{}{})
+		}
+		return c.JSON(http.StatusOK, map[string]int64{"id": ids[0]})
+	}
+	out := make([]*int64, len(ids))
+	for i := range ids {
+		if pubs[i].Durable {
+			out[i] = &ids[i]
+		}
+	}
+	return c.JSON(http.StatusOK, map[string]any{"ids": out})
+}
+
+func (s *Server) publishFailed(c echo.Context, err error) error {
+	switch {
+	case errors.Is(err, store.ErrTooLarge):
+		return apiError(c, http.StatusRequestEntityTooLarge, "event_too_large", strings.TrimPrefix(err.Error(), "event too large: "))
+	case errors.Is(err, store.ErrInvalid):
+		return apiError(c, http.StatusBadRequest, "invalid_event", strings.TrimPrefix(err.Error(), "invalid event: "))
+	}
+	s.log.Error("publish failed", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
+	return apiError(c, http.StatusServiceUnavailable, "database_unavailable", "the event was not published because Postgres could not be reached: retry")
+}
+
+func itoa(n int64) string {
+	b, _ := json.Marshal(n)
+	return string(b)
+}

@@ -1,0 +1,412 @@
+package server
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"slices"
+	"strings"
+
+	"github.com/pgsidecar/sidecar/auth"
+	"github.com/pgsidecar/sidecar/hub"
+	"github.com/pgsidecar/sidecar/rpc"
+	"github.com/pgsidecar/sidecar/store"
+	"github.com/pgsidecar/sidecar/topic"
+)
+
+// maxPatterns bounds the patterns of one subscribe request.
+const maxPatterns = 100
+
+// call is a decoded request whose checks have passed; run does its work.
+type call struct {
+	run     func(ctx context.Context) (any, *rpc.Error)
+	inline  bool // cheap: answered on the read loop
+	publish bool // keeps its order among the connection's publishes
+}
+
+// handle answers one text message. Requests are checked in the contract's
+// order: parse, request shape, method, params, authentication,
+// authorization, rate. The first failure is the answer.
+func (sess *session) handle(ctx context.Context, msg []byte) {
+	m, rerr := rpc.Decode(msg)
+	if rerr != nil {
+		sess.reply(m.ID, nil, rerr)
+		return
+	}
+	if m.Kind == rpc.KindResponse {
+		// The sidecar sends clients no requests yet; a stray response
+		// needs no answer.
+		sess.log.Debug("response from client ignored", "id", string(m.ID))
+		return
+	}
+
+	c, rerr := sess.prepare(m)
+	if rerr != nil {
+		sess.reply(m.ID, nil, rerr)
+		return
+	}
+
+	if c.inline {
+		result, rerr := c.run(ctx)
+		sess.reply(m.ID, result, rerr)
+		return
+	}
+
+	if sess.inFlight.Load() >= int64(sess.srv.cfg.MaxInFlight) {
+		sess.reply(m.ID, nil, rpc.Errorf(rpc.CodeRateLimited,
+			"too many requests in flight on this connection (limit %d): wait for answers before sending more", sess.srv.cfg.MaxInFlight))
+		return
+	}
+	sess.inFlight.Add(1)
+
+	prev, done := (chan struct{})(nil), (chan struct{})(nil)
+	if c.publish {
+		prev, done = sess.lastPublish, make(chan struct{})
+		sess.lastPublish = done
+	}
+
+	sess.wg.Go(func() {
+		defer sess.inFlight.Add(-1)
+		if prev != nil {
+			<-prev
+			defer close(done)
+		}
+		result, rerr := c.run(ctx)
+		sess.reply(m.ID, result, rerr)
+	})
+}
+
+// reply sends the response to a request; notifications get none. A
+// subscription starts right after its result is queued, so the result
+// comes before every event of it.
+func (sess *session) reply(id json.RawMessage, result any, rerr *rpc.Error) {
+	if r, ok := result.(subscribeResult); ok {
+		if id != nil {
+			sess.client.Send(rpc.EncodeResult(id, r.result))
+		}
+		r.sub.Start(r.replay)
+		return
+	}
+	if rerr != nil {
+		if id == nil && rerr.Code != rpc.CodeParseError && rerr.Code != rpc.CodeInvalidRequest {
+			return // a notification: JSON-RPC sends no response, even for errors
+		}
+		sess.client.Send(rpc.EncodeError(id, rerr))
+		return
+	}
+	if id == nil {
+		return
+	}
+	sess.client.Send(rpc.EncodeResult(id, result))
+}
+
+// prepare runs every check that needs no database and returns the work
+// left to do.
+func (sess *session) prepare(m rpc.Message) (call, *rpc.Error) {
+	switch m.Method {
+	case "ping":
+		return call{inline: true, run: func(context.Context) (any, *rpc.Error) { return "pong", nil }}, nil
+	case "subscribe":
+		return sess.prepareSubscribe(m.Params)
+	case "unsubscribe":
+		return sess.prepareUnsubscribe(m.Params)
+	case "publish":
+		return sess.preparePublish(m.Params)
+	case "auth":
+		return sess.prepareAuth(m.Params)
+	}
+	if strings.HasPrefix(m.Method, "app.") {
+		return call{}, rpc.Errorf(rpc.CodeMethodNotFound, "method %q not found: application methods are not available on this sidecar", m.Method)
+	}
+	return call{}, rpc.MethodNotFound(m.Method)
+}
+
+func (sess *session) requireClaims() (*auth.Claims, *rpc.Error) {
+	c := sess.claims.Load()
+	if c == nil {
+		return nil, rpc.Errorf(rpc.CodeNotAuthenticated, "not authenticated: send an auth request with a token first")
+	}
+	return c, nil
+}
+
+type subscribeParams struct {
+	Topics []string `json:"topics"`
+	Since  *int64   `json:"since"`
+	Epoch  *string  `json:"epoch"`
+}
+
+func (sess *session) prepareSubscribe(raw json.RawMessage) (call, *rpc.Error) {
+	var p subscribeParams
+	if rerr := rpc.DecodeParams(raw, &p); rerr != nil {
+		return call{}, rerr
+	}
+	if len(p.Topics) == 0 {
+		return call{}, rpc.InvalidParams(`"topics" must list at least one pattern`)
+	}
+	if len(p.Topics) > maxPatterns {
+		return call{}, rpc.InvalidParams(`"topics" lists %d patterns, over the limit of %d: subscribe in several requests`, len(p.Topics), maxPatterns)
+	}
+	if p.Since != nil && *p.Since < 0 {
+		return call{}, rpc.InvalidParams(`"since" is %d: it must be an event id, 0 or above`, *p.Since)
+	}
+
+	patterns := make([]topic.Pattern, len(p.Topics))
+	for i, s := range p.Topics {
+		pat, err := topic.Parse(s)
+		if err != nil {
+			return call{}, rpc.InvalidParams("pattern %q: %v", s, err)
+		}
+		patterns[i] = pat
+	}
+
+	claims, rerr := sess.requireClaims()
+	if rerr != nil {
+		return call{}, rerr
+	}
+	for _, pat := range patterns {
+		if !claims.CanSubscribe(pat) {
+			return call{}, rpc.Errorf(rpc.CodeForbidden, "subscribing to %q is not allowed by your token", pat.String())
+		}
+	}
+
+	return call{run: func(ctx context.Context) (any, *rpc.Error) {
+		return sess.subscribe(ctx, p, patterns)
+	}}, nil
+}
+
+// subscribe adds the subscription, replays what the client missed when it
+// gave since, and only then lets live events through, so that the client
+// sees the result, the replay and the live events in that order with no
+// gap and no duplicate.
+func (sess *session) subscribe(ctx context.Context, p subscribeParams, patterns []topic.Pattern) (any, *rpc.Error) {
+	srv := sess.srv
+	epoch := srv.epoch()
+
+	var after int64
+	if p.Since != nil {
+		after = *p.Since
+	}
+	sub, watermark := sess.client.Subscribe(patterns, after)
+
+	var replay []hub.Event
+	if p.Since != nil {
+		events, rerr := srv.replay(ctx, patterns, *p.Since, p.Epoch, epoch, watermark)
+		if rerr != nil {
+			sess.client.Unsubscribe(sub.ID())
+			return nil, rerr
+		}
+		replay = events
+	}
+
+	sess.trackSubscription(sub.ID(), patterns)
+	return subscribeResult{sub: sub, replay: replay, result: map[string]any{
+		"subscription": sub.ID(),
+		"topics":       p.Topics,
+		"epoch":        epoch,
+		"head":         watermark,
+	}}, nil
+}
+
+// subscribeResult makes the reply path send the result and then start the
+// subscription, in that order.
+type subscribeResult struct {
+	sub    *hub.Subscription
+	replay []hub.Event
+	result map[string]any
+}
+
+// replay checks a resume point and reads the events after it.
+func (s *Server) replay(ctx context.Context, patterns []topic.Pattern, since int64, clientEpoch *string, epoch string, watermark int64) ([]hub.Event, *rpc.Error) {
+	if clientEpoch != nil && *clientEpoch != epoch {
+		return nil, historyExpired("epoch %q is not this database's epoch %q: reload your state, then subscribe without since", *clientEpoch, epoch)
+	}
+
+	if since > watermark {
+		head, err := s.store.Head(ctx)
+		if err != nil {
+			return nil, s.internal(err)
+		}
+		if since > head {
+			return nil, historyExpired("since %d is above the newest event id %d: reload your state, then subscribe without since", since, head)
+		}
+		return nil, nil // the live stream starts after since
+	}
+
+	purged, err := s.store.PurgedThrough(ctx)
+	if err != nil {
+		return nil, s.internal(err)
+	}
+	if since < purged {
+		return nil, historyExpired("events after id %d may have been deleted (retention keeps ids above %d): reload your state, then subscribe without since", since, purged)
+	}
+
+	events, err := s.store.Replay(ctx, patterns, since, watermark, s.cfg.ReplayLimit)
+	if errors.Is(err, store.ErrTooMany) {
+		return nil, historyExpired("more than %d events were published after id %d, over the replay limit: reload your state, then subscribe without since", s.cfg.ReplayLimit, since)
+	}
+	if err != nil {
+		return nil, s.internal(err)
+	}
+
+	out := make([]hub.Event, len(events))
+	for i, ev := range events {
+		out[i] = hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS}
+	}
+	return out, nil
+}
+
+func historyExpired(format string, args ...any) *rpc.Error {
+	return rpc.Errorf(rpc.CodeHistoryExpired, "history expired: "+format, args...)
+}
+
+func (s *Server) internal(err error) *rpc.Error {
+	s.log.Error("request failed", "err", err)
+	return rpc.Errorf(rpc.CodeInternal, "internal error: the sidecar could not reach Postgres; try again")
+}
+
+func (sess *session) prepareUnsubscribe(raw json.RawMessage) (call, *rpc.Error) {
+	var p struct {
+		Subscription *string `json:"subscription"`
+	}
+	if rerr := rpc.DecodeParams(raw, &p); rerr != nil {
+		return call{}, rerr
+	}
+	if p.Subscription == nil {
+		return call{}, rpc.InvalidParams(`"subscription" is missing: give the id that subscribe returned`)
+	}
+	return call{inline: true, run: func(context.Context) (any, *rpc.Error) {
+		sess.client.Unsubscribe(*p.Subscription)
+		sess.forgetSubscription(*p.Subscription)
+		return struct{}{}, nil
+	}}, nil
+}
+
+type publishParams struct {
+	Topic   *string         `json:"topic"`
+	Data    json.RawMessage `json:"data"`
+	Durable *bool           `json:"durable"`
+}
+
+func (sess *session) preparePublish(raw json.RawMessage) (call, *rpc.Error) {
+	var p publishParams
+	if rerr := rpc.DecodeParams(raw, &p); rerr != nil {
+		return call{}, rerr
+	}
+	if p.Topic == nil {
+		return call{}, rpc.InvalidParams(`"topic" is missing`)
+	}
+	if err := topic.Validate(*p.Topic); err != nil {
+		return call{}, rpc.InvalidParams("%v", err)
+	}
+	if p.Data == nil {
+		p.Data = json.RawMessage("null")
+	}
+	if len(p.Data) > sess.srv.cfg.MaxEventBytes*2 {
+		return call{}, rpc.InvalidParams("data is %d bytes, over the maximum event size of %d bytes", len(p.Data), sess.srv.cfg.MaxEventBytes)
+	}
+	durable := p.Durable == nil || *p.Durable
+
+	claims, rerr := sess.requireClaims()
+	if rerr != nil {
+		return call{}, rerr
+	}
+	if !claims.CanPublish(*p.Topic) {
+		return call{}, rpc.Errorf(rpc.CodeForbidden, "publishing to %q is not allowed by your token", *p.Topic)
+	}
+
+	return call{publish: true, run: func(ctx context.Context) (any, *rpc.Error) {
+		return sess.srv.publishOne(ctx, *p.Topic, p.Data, durable)
+	}}, nil
+}
+
+func (s *Server) publishOne(ctx context.Context, t string, data json.RawMessage, durable bool) (any, *rpc.Error) {
+	if !durable {
+		if err := s.store.Broadcast(ctx, t, data); err != nil {
+			return nil, s.publishError(err)
+		}
+		return struct{}{}, nil
+	}
+
+	id, err := s.store.Publish(ctx, t, data)
+	if err != nil {
+		return nil, s.publishError(err)
+	}
+	return map[string]int64{"id": id}, nil
+}
+
+func (s *Server) publishError(err error) *rpc.Error {
+	if errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrInvalid) {
+		return rpc.InvalidParams("%s", strings.TrimPrefix(err.Error(), "event too large: "))
+	}
+	return s.internal(err)
+}
+
+func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
+	var p struct {
+		Token *string `json:"token"`
+	}
+	if rerr := rpc.DecodeParams(raw, &p); rerr != nil {
+		return call{}, rerr
+	}
+	if p.Token == nil || *p.Token == "" {
+		return call{}, rpc.InvalidParams(`"token" is missing`)
+	}
+
+	return call{inline: true, run: func(context.Context) (any, *rpc.Error) {
+		claims, err := sess.srv.verifier.Verify(*p.Token)
+		if err != nil {
+			return nil, rpc.Errorf(rpc.CodeNotAuthenticated, "%v", err)
+		}
+		if old := sess.claims.Load(); old != nil && !old.Anonymous && old.Subject != claims.Subject {
+			return nil, rpc.Errorf(rpc.CodeForbidden, "the new token is for subject %q, but this connection belongs to %q: open a new connection", claims.Subject, old.Subject)
+		}
+
+		removed := sess.pruneSubscriptions(claims)
+		sess.setClaims(claims)
+		if sess.authTimer != nil {
+			sess.authTimer.Stop()
+		}
+
+		result := map[string]any{"sub": claims.Subject, "exp": claims.Expires.Unix()}
+		if len(removed) > 0 {
+			result["removed"] = removed
+		}
+		return result, nil
+	}}, nil
+}
+
+func (sess *session) trackSubscription(id string, patterns []topic.Pattern) {
+	sess.subsMu.Lock()
+	defer sess.subsMu.Unlock()
+	if sess.subs == nil {
+		sess.subs = map[string][]topic.Pattern{}
+	}
+	sess.subs[id] = patterns
+}
+
+func (sess *session) forgetSubscription(id string) {
+	sess.subsMu.Lock()
+	defer sess.subsMu.Unlock()
+	delete(sess.subs, id)
+}
+
+// pruneSubscriptions removes the subscriptions that claims no longer allow
+// and returns their ids.
+func (sess *session) pruneSubscriptions(claims *auth.Claims) []string {
+	sess.subsMu.Lock()
+	defer sess.subsMu.Unlock()
+
+	removed := []string{}
+	for id, patterns := range sess.subs {
+		for _, pat := range patterns {
+			if !claims.CanSubscribe(pat) {
+				sess.client.Unsubscribe(id)
+				delete(sess.subs, id)
+				removed = append(removed, id)
+				break
+			}
+		}
+	}
+	slices.Sort(removed)
+	return removed
+}

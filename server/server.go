@@ -1,0 +1,318 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgsidecar/sidecar/auth"
+	"github.com/pgsidecar/sidecar/db/migrations"
+	"github.com/pgsidecar/sidecar/hub"
+	"github.com/pgsidecar/sidecar/listen"
+	"github.com/pgsidecar/sidecar/relay"
+	"github.com/pgsidecar/sidecar/rpc"
+	"github.com/pgsidecar/sidecar/store"
+	"github.com/pgsidecar/sidecar/topic"
+)
+
+// Server is one sidecar instance: the HTTP and websocket endpoints, the
+// hub, the LISTEN connection and the relay between them.
+//
+// Run owns every goroutine the server starts and returns when they have
+// all stopped.
+type Server struct {
+	cfg Config
+	log *slog.Logger
+
+	pool     *pgxpool.Pool
+	store    *store.Store
+	hub      *hub.Hub
+	listener *listen.Listener
+	verifier *auth.Verifier
+	apiKeys  auth.APIKeys
+
+	anonymous      *auth.Claims
+	originPatterns []string
+
+	// ctx is the server's lifetime; websocket sessions derive theirs from it.
+	ctx context.Context
+
+	epochValue atomic.Pointer[string]
+	started    atomic.Bool // migrations applied and the first LISTEN is up
+	draining   atomic.Bool
+
+	sessions sync.WaitGroup
+	handler  http.Handler
+}
+
+// New checks cfg and builds a server. It connects to nothing yet: Run does.
+func New(cfg Config) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+
+	s := &Server{cfg: cfg, log: cfg.Logger}
+
+	verifier, err := auth.NewVerifier(auth.Config{HS256Secret: cfg.JWTSecret})
+	if err != nil {
+		return nil, fmt.Errorf("client tokens: %w", err)
+	}
+	s.verifier = verifier
+	s.apiKeys = auth.NewAPIKeys(cfg.APIKeys)
+
+	if len(cfg.AnonymousSubscribe) > 0 || len(cfg.AnonymousPublish) > 0 {
+		sub, err := topic.ParseSet(cfg.AnonymousSubscribe)
+		if err != nil {
+			return nil, fmt.Errorf("--anonymous-subscribe: %w", err)
+		}
+		pub, err := topic.ParseSet(cfg.AnonymousPublish)
+		if err != nil {
+			return nil, fmt.Errorf("--anonymous-publish: %w", err)
+		}
+		s.anonymous = auth.Anonymous(sub, pub)
+	}
+	s.originPatterns = cfg.AllowedOrigins
+
+	poolCfg, err := pgxpool.ParseConfig(cfg.DatabaseURL)
+	if err != nil {
+		return nil, fmt.Errorf("--database-url: %w", err)
+	}
+	listenURL := cfg.ListenDatabaseURL
+	if listenURL == "" {
+		listenURL = cfg.DatabaseURL
+	}
+	listenCfg, err := pgx.ParseConfig(listenURL)
+	if err != nil {
+		return nil, fmt.Errorf("--listen-database-url: %w", err)
+	}
+
+	channels := append([]string{store.Channel}, cfg.ListenChannels...)
+	s.listener, err = listen.New(listen.Config{
+		Connect: func(ctx context.Context) (*pgx.Conn, error) {
+			return pgx.ConnectConfig(ctx, listenCfg.Copy())
+		},
+		Channels: channels,
+		Logger:   s.log.With("component", "listen"),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("--listen-channels: %w", err)
+	}
+
+	s.pool, err = pgxpool.NewWithConfig(context.Background(), poolCfg)
+	if err != nil {
+		return nil, fmt.Errorf("connection pool: %w", err)
+	}
+	s.store = store.New(s.pool)
+
+	s.hub = hub.New(hub.Config{
+		QueueBytes:    cfg.QueueBytes,
+		MaxQueueBytes: cfg.MaxQueueBytes,
+		SlowGrace:     cfg.SlowGrace,
+		WriteTimeout:  cfg.WriteTimeout,
+		Heartbeat:     cfg.Heartbeat,
+		HeartbeatMsg:  rpc.EncodeNotification("heartbeat", struct{}{}),
+		Logger:        s.log.With("component", "hub"),
+	})
+
+	empty := ""
+	s.epochValue.Store(&empty)
+	s.handler = s.routes()
+	return s, nil
+}
+
+// Handler returns the HTTP handler of every endpoint.
+func (s *Server) Handler() http.Handler { return s.handler }
+
+// Hub returns the server's hub, for metrics and tests.
+func (s *Server) Hub() *hub.Hub { return s.hub }
+
+func (s *Server) epoch() string { return *s.epochValue.Load() }
+
+// Run serves on cfg.Addr until ctx ends, then drains: /readyz turns 503,
+// new connections are refused, websockets are closed with 1012 within
+// DrainTimeout, and Run returns nil once everything has stopped.
+func (s *Server) Run(ctx context.Context) error {
+	ln, err := net.Listen("tcp", s.cfg.Addr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", s.cfg.Addr, err)
+	}
+	return s.Serve(ctx, ln)
+}
+
+// Serve is Run on a listener the caller made; Serve closes it.
+func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
+	defer s.pool.Close()
+
+	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancelRun()
+	s.ctx = runCtx
+
+	httpServer := &http.Server{
+		Handler:           s.handler,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	httpDone := make(chan error, 1)
+	go func() { httpDone <- httpServer.Serve(ln) }()
+	s.log.Info("serving", "addr", ln.Addr().String(), "version", s.cfg.Version)
+
+	var background sync.WaitGroup
+	background.Go(func() { s.start(runCtx) })
+
+	select {
+	case <-ctx.Done():
+	case err := <-httpDone:
+		cancelRun()
+		background.Wait()
+		return fmt.Errorf("http server: %w", err)
+	}
+
+	s.drain(httpServer)
+	cancelRun()
+	background.Wait()
+	s.log.Info("stopped")
+	return nil
+}
+
+// start brings the instance to ready: migrations, settings, epoch and head,
+// then the LISTEN connection and the relay. A database that is not up yet
+// is retried; readiness stays 503 meanwhile.
+func (s *Server) start(ctx context.Context) {
+	last, ok := s.prepareDatabase(ctx)
+	if !ok {
+		return
+	}
+	s.hub.SetWatermark(last)
+
+	r := relay.New(relay.Config{
+		Store: s.store,
+		Last:  last,
+		Deliver: func(ev store.Event) {
+			s.hub.Publish(hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS})
+		},
+		Logger: s.log.With("component", "relay"),
+	})
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.listener.Run(ctx); err != nil {
+			s.log.Error("listener stopped", "err", err)
+		}
+	})
+	wg.Go(func() {
+		if err := r.Run(ctx, s.listener.Events()); err != nil {
+			s.log.Error("relay stopped", "err", err)
+		}
+	})
+	wg.Go(func() { s.retain(ctx) })
+
+	select {
+	case <-s.listener.Ready():
+		s.started.Store(true)
+		s.log.Info("ready", "epoch", s.epoch(), "head", last)
+	case <-ctx.Done():
+	}
+	wg.Wait()
+}
+
+// prepareDatabase retries until the database is migrated and its settings
+// stored, and returns the newest event id.
+func (s *Server) prepareDatabase(ctx context.Context) (int64, bool) {
+	delay := 250 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		head, err := s.prepareOnce(ctx)
+		if err == nil {
+			return head, true
+		}
+		if ctx.Err() != nil {
+			return 0, false
+		}
+		s.log.Warn("database not ready, retrying", "attempt", attempt, "retry_in", delay, "err", err)
+		select {
+		case <-ctx.Done():
+			return 0, false
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 10*time.Second)
+	}
+}
+
+func (s *Server) prepareOnce(ctx context.Context) (int64, error) {
+	if s.cfg.Migrate {
+		if err := migrations.Up(ctx, s.cfg.DatabaseURL, s.log.With("component", "migrate")); err != nil {
+			return 0, err
+		}
+	}
+	if err := s.store.SetMaxEventBytes(ctx, s.cfg.MaxEventBytes); err != nil {
+		return 0, err
+	}
+	epoch, err := s.store.Epoch(ctx)
+	if err != nil {
+		return 0, err
+	}
+	s.epochValue.Store(&epoch)
+	return s.store.Head(ctx)
+}
+
+// retain deletes expired events once a minute, and refreshes the epoch,
+// which changes when the database is promoted or restored.
+func (s *Server) retain(ctx context.Context) {
+	tick := time.NewTicker(time.Minute)
+	defer tick.Stop()
+	for {
+		cutoff := time.Now().Add(-s.cfg.Retention)
+		n, err := s.store.Purge(ctx, cutoff, 1000)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.log.Warn("retention run failed", "err", err)
+		case n > 0:
+			s.log.Info("expired events deleted", "transactions", n, "cutoff", cutoff)
+		}
+
+		if epoch, err := s.store.Epoch(ctx); err == nil && epoch != s.epoch() {
+			s.log.Warn("epoch changed: clients resuming from the old epoch will be told to reload", "old", s.epoch(), "new", epoch)
+			s.epochValue.Store(&epoch)
+		}
+
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// drain stops the instance in the order that loses no client: readiness
+// first, then new connections, then the open websockets.
+func (s *Server) drain(httpServer *http.Server) {
+	s.draining.Store(true)
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
+
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
+	defer cancel()
+
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := s.hub.Shutdown(ctx, int(closeDraining), "sidecar restarting: reconnect"); err != nil {
+			s.log.Warn("websockets still open at the drain deadline were dropped", "err", err)
+		}
+	})
+	wg.Go(func() {
+		if err := httpServer.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Warn("http shutdown", "err", err)
+		}
+	})
+	wg.Wait()
+}

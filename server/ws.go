@@ -1,0 +1,232 @@
+package server
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/base64"
+	"errors"
+	"log/slog"
+	"net/http"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode/utf8"
+
+	"github.com/coder/websocket"
+
+	"github.com/pgsidecar/sidecar/auth"
+	"github.com/pgsidecar/sidecar/hub"
+	"github.com/pgsidecar/sidecar/rpc"
+	"github.com/pgsidecar/sidecar/topic"
+)
+
+// Close codes of the websocket protocol.
+const (
+	closeBinary      = websocket.StatusUnsupportedData         // 1003
+	closeInvalidUTF8 = websocket.StatusInvalidFramePayloadData // 1007
+	closePolicy      = websocket.StatusPolicyViolation         // 1008
+	closeTooBig      = websocket.StatusMessageTooBig           // 1009
+	closeDraining    = websocket.StatusServiceRestart          // 1012
+	closeTooSlow     = websocket.StatusTryAgainLater           // 1013
+)
+
+// session is one websocket connection. Its read loop runs on the goroutine
+// that accepted it; requests that wait on Postgres run on goroutines of
+// their own, at most Config.MaxInFlight at a time.
+type session struct {
+	srv    *Server
+	conn   *websocket.Conn
+	client *hub.Client
+	id     string
+	log    *slog.Logger
+
+	claims atomic.Pointer[auth.Claims] // nil until authenticated
+
+	inFlight atomic.Int64
+	wg       sync.WaitGroup
+
+	// lastPublish is closed when the previous publish of this connection
+	// has finished, so publishes commit in the order they arrived. Only
+	// the read loop touches it.
+	lastPublish chan struct{}
+
+	// subs lists the patterns of each subscription, so that a token
+	// refresh can remove what the new token no longer allows.
+	subsMu sync.Mutex
+	subs   map[string][]topic.Pattern
+
+	authTimer   *time.Timer
+	expiryTimer atomic.Pointer[time.Timer]
+}
+
+// serveWS is the handler of GET /v1/ws.
+func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeError(w, http.StatusServiceUnavailable, "draining", "this sidecar is shutting down: connect to another instance")
+		return
+	}
+
+	// A present but invalid token is refused before the upgrade and never
+	// falls back to anonymous access.
+	var claims *auth.Claims
+	if token, ok := auth.TokenFromRequest(r); ok {
+		c, err := s.verifier.Verify(token)
+		if err != nil {
+			s.log.Info("websocket token rejected", "remote", r.RemoteAddr, "err", err)
+			writeError(w, http.StatusUnauthorized, "invalid_token", err.Error())
+			return
+		}
+		claims = c
+	} else if s.anonymous != nil {
+		claims = s.anonymous
+	}
+
+	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{OriginPatterns: s.originPatterns})
+	if err != nil {
+		// Accept has written the HTTP error response.
+		s.log.Info("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
+		return
+	}
+	conn.SetReadLimit(s.cfg.readLimit())
+
+	sess := &session{srv: s, conn: conn, id: newClientID(), lastPublish: closedChan()}
+	sess.log = s.log.With("client_id", sess.id)
+	if claims != nil {
+		sess.setClaims(claims)
+	}
+	s.runSession(sess)
+}
+
+func (s *Server) runSession(sess *session) {
+	ctx, cancel := context.WithCancel(s.ctx)
+	defer cancel()
+
+	sink := &wsSink{conn: sess.conn}
+	sess.client = s.hub.Register(sink, slog.String("client_id", sess.id), slog.String("sub", sess.subject()))
+	sess.log.Info("client connected", "sub", sess.subject())
+
+	sess.client.Send(rpc.EncodeNotification("welcome", map[string]any{
+		"client_id":   sess.id,
+		"epoch":       s.epoch(),
+		"version":     s.cfg.Version,
+		"heartbeat_s": int(s.cfg.Heartbeat / time.Second),
+	}))
+
+	if sess.claims.Load() == nil {
+		sess.authTimer = time.AfterFunc(s.cfg.AuthTimeout, func() {
+			if sess.claims.Load() == nil {
+				sess.log.Info("client did not authenticate in time", "timeout", s.cfg.AuthTimeout)
+				sess.client.Close(int(closePolicy), "authentication timed out")
+			}
+		})
+	}
+
+	reason := sess.readLoop(ctx)
+	sess.stopTimers()
+	cancel()
+	sess.wg.Wait()
+	<-sess.client.Done()
+	sess.log.Info("client disconnected", "sub", sess.subject(), "reason", reason)
+}
+
+// readLoop reads messages until the connection ends and returns why.
+func (sess *session) readLoop(ctx context.Context) string {
+	for {
+		typ, msg, err := sess.conn.Read(ctx)
+		if err != nil {
+			return sess.readFailed(err)
+		}
+		if typ != websocket.MessageText {
+			sess.client.Close(int(closeBinary), "binary frames are not supported: send JSON-RPC as text")
+			return "binary frame"
+		}
+		if !utf8.Valid(msg) {
+			sess.client.Close(int(closeInvalidUTF8), "message is not valid UTF-8")
+			return "invalid UTF-8"
+		}
+		sess.handle(ctx, msg)
+	}
+}
+
+func (sess *session) readFailed(err error) string {
+	switch status := websocket.CloseStatus(err); {
+	case status != -1:
+		sess.client.Close(int(status), "")
+		return "client closed with " + status.String()
+	case errors.Is(err, websocket.ErrMessageTooBig) || isTooBig(err):
+		// The library has already sent the close frame with 1009.
+		sess.client.Close(int(closeTooBig), "message over the read limit")
+		return "message over the read limit"
+	default:
+		sess.client.Close(int(websocket.StatusGoingAway), "")
+		return "connection lost: " + err.Error()
+	}
+}
+
+func isTooBig(err error) bool {
+	var ce websocket.CloseError
+	return errors.As(err, &ce) && ce.Code == closeTooBig
+}
+
+func (sess *session) stopTimers() {
+	if sess.authTimer != nil {
+		sess.authTimer.Stop()
+	}
+	if t := sess.expiryTimer.Load(); t != nil {
+		t.Stop()
+	}
+}
+
+// setClaims authenticates the connection and arms the timer that closes it
+// with 1008 when the token expires.
+func (sess *session) setClaims(c *auth.Claims) {
+	sess.claims.Store(c)
+	if c.Expires.IsZero() {
+		return
+	}
+
+	t := time.AfterFunc(time.Until(c.Expires), func() {
+		if sess.claims.Load() == c {
+			sess.log.Info("token expired", "sub", c.Subject)
+			sess.client.Close(int(closePolicy), "token expired")
+		}
+	})
+	if old := sess.expiryTimer.Swap(t); old != nil {
+		old.Stop()
+	}
+}
+
+func (sess *session) subject() string {
+	if c := sess.claims.Load(); c != nil {
+		return c.Subject
+	}
+	return ""
+}
+
+// newClientID returns 128 random bits, URL-safe.
+func newClientID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return base64.RawURLEncoding.EncodeToString(b[:])
+}
+
+func closedChan() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}
+
+// wsSink adapts a websocket connection to the hub.
+type wsSink struct {
+	conn *websocket.Conn
+}
+
+func (w *wsSink) Write(ctx context.Context, msg []byte) error {
+	return w.conn.Write(ctx, websocket.MessageText, msg)
+}
+
+func (w *wsSink) Close(code int, reason string) error {
+	return w.conn.Close(websocket.StatusCode(code), reason)
+}
+
+func (w *wsSink) CloseNow() error { return w.conn.CloseNow() }
