@@ -1,0 +1,162 @@
+package relay
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/pgsidecar/sidecar/listen"
+	"github.com/pgsidecar/sidecar/store"
+)
+
+// fakeLog is an in-memory events table: committed events by id.
+type fakeLog struct {
+	events []store.Event // in id order
+	first  map[int64]int64
+	reads  int
+}
+
+func (f *fakeLog) Segment(_ context.Context, segment int64, ords []int32) ([]store.Event, error) {
+	f.reads++
+	first := f.first[segment]
+	var out []store.Event
+	for _, ev := range f.events {
+		ord := int32(ev.ID - first)
+		if ev.ID >= first && ord < 1000 && (len(ords) == 0 || slices.Contains(ords, ord)) {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}
+
+func (f *fakeLog) After(_ context.Context, after int64, limit int) ([]store.Event, error) {
+	f.reads++
+	var out []store.Event
+	for _, ev := range f.events {
+		if ev.ID > after && len(out) < limit {
+			out = append(out, ev)
+		}
+	}
+	return out, nil
+}
+
+type recorder struct{ got []string }
+
+func (r *recorder) deliver(ev store.Event) {
+	r.got = append(r.got, fmt.Sprintf("%d %s %s", ev.ID, ev.Topic, ev.Data))
+}
+
+func newRelay(log *fakeLog, last int64) (*Relay, *recorder) {
+	rec := &recorder{}
+	r := New(Config{Store: log, Deliver: rec.deliver, Last: last,
+		Now: func() time.Time { return time.Date(2026, 1, 2, 3, 4, 5, 6000, time.UTC) }})
+	return r, rec
+}
+
+func note(t *testing.T, fields map[string]any) listen.Event {
+	t.Helper()
+	b, err := json.Marshal(fields)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return listen.Event{Kind: listen.Notification, Channel: store.Channel, Payload: string(b)}
+}
+
+func handle(t *testing.T, r *Relay, evs ...listen.Event) {
+	t.Helper()
+	for _, ev := range evs {
+		if err := r.Handle(context.Background(), ev); err != nil {
+			t.Fatalf("Handle(%+v): %v", ev, err)
+		}
+	}
+}
+
+func TestCommitGivesIDsInOrder(t *testing.T) {
+	r, rec := newRelay(&fakeLog{}, 0)
+	handle(t, r,
+		note(t, map[string]any{"k": "e", "s": 7, "o": 0, "t": "a", "ts": "T", "d": 1}),
+		note(t, map[string]any{"k": "e", "s": 7, "o": 1, "t": "b", "ts": "T", "d": 2}),
+		note(t, map[string]any{"k": "c", "s": 7, "f": 10, "n": 2}),
+	)
+	if diff := cmp.Diff(rec.got, []string{"10 a 1", "11 b 2"}); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
+	}
+	if r.Last() != 11 {
+		t.Fatalf("Last() = %d, want 11", r.Last())
+	}
+}
+
+func TestReferenceReadFromTable(t *testing.T) {
+	log := &fakeLog{
+		events: []store.Event{{ID: 20, Topic: "a", Data: json.RawMessage(`"small"`)}, {ID: 21, Topic: "big", Data: json.RawMessage(`"large"`)}},
+		first:  map[int64]int64{3: 20},
+	}
+	r, rec := newRelay(log, 0)
+	handle(t, r,
+		note(t, map[string]any{"k": "e", "s": 3, "o": 0, "t": "a", "ts": "T", "d": "small"}),
+		note(t, map[string]any{"k": "r", "s": 3, "o": 1, "t": "big"}),
+		note(t, map[string]any{"k": "c", "s": 3, "f": 20, "n": 2}),
+	)
+	if diff := cmp.Diff(rec.got, []string{`20 a "small"`, `21 big "large"`}); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
+	}
+}
+
+func TestIncompleteSegmentReadWhole(t *testing.T) {
+	log := &fakeLog{
+		events: []store.Event{{ID: 5, Topic: "x", Data: json.RawMessage(`0`)}, {ID: 6, Topic: "x", Data: json.RawMessage(`1`)}},
+		first:  map[int64]int64{9: 5},
+	}
+	r, rec := newRelay(log, 0)
+	// The notification of ordinal 0 was lost (dropped by the listener).
+	handle(t, r,
+		note(t, map[string]any{"k": "e", "s": 9, "o": 1, "t": "x", "ts": "T", "d": 1}),
+		note(t, map[string]any{"k": "c", "s": 9, "f": 5, "n": 2}),
+	)
+	if diff := cmp.Diff(rec.got, []string{"5 x 0", "6 x 1"}); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
+	}
+}
+
+func TestResyncCatchesUpWithoutDuplicates(t *testing.T) {
+	log := &fakeLog{}
+	for id := int64(1); id <= 2500; id++ {
+		log.events = append(log.events, store.Event{ID: id, Topic: "t", Data: json.RawMessage(fmt.Sprint(id))})
+	}
+	r, rec := newRelay(log, 2000)
+
+	handle(t, r, listen.Event{Kind: listen.Resync})
+	if len(rec.got) != 500 || rec.got[0] != "2001 t 2001" || rec.got[499] != "2500 t 2500" {
+		t.Fatalf("catch-up delivered %d events (%v ... ), want ids 2001 to 2500", len(rec.got), rec.got[:min(2, len(rec.got))])
+	}
+
+	// The new connection then receives a segment the catch-up already read.
+	handle(t, r,
+		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "t", "ts": "T", "d": 2500}),
+		note(t, map[string]any{"k": "c", "s": 1, "f": 2500, "n": 1}),
+		note(t, map[string]any{"k": "e", "s": 2, "o": 0, "t": "t", "ts": "T", "d": 2501}),
+		note(t, map[string]any{"k": "c", "s": 2, "f": 2501, "n": 1}),
+	)
+	if len(rec.got) != 501 || rec.got[500] != "2501 t 2501" {
+		t.Fatalf("after catch-up got %d events ending %q, want 501 ending with id 2501", len(rec.got), rec.got[len(rec.got)-1])
+	}
+}
+
+func TestEphemeralAndChannelEvents(t *testing.T) {
+	r, rec := newRelay(&fakeLog{}, 0)
+	handle(t, r,
+		note(t, map[string]any{"k": "b", "n": 0, "t": "typing", "ts": "T", "d": map[string]int{"x": 1}}),
+		listen.Event{Kind: listen.Notification, Channel: "Legacy.Jobs", Payload: `{"job": 1}`},
+		listen.Event{Kind: listen.Notification, Channel: "plain", Payload: `not json`},
+		listen.Event{Kind: listen.Notification, Channel: store.Channel, Payload: `{garbage`},
+	)
+	want := []string{`0 typing {"x":1}`, `0 pg.Legacy_Jobs {"job": 1}`, `0 pg.plain "not json"`}
+	if diff := cmp.Diff(rec.got, want); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
+	}
+}
