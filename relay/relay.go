@@ -60,6 +60,9 @@ type pendingEvent struct {
 	ord   int32
 	event store.Event
 	ref   bool
+	// ephemeral marks a broadcast made in the same transaction as the
+	// segment: it waits for the commit too, to keep the order of calls.
+	ephemeral bool
 }
 
 // notification is the payload the realtime functions send. k is the kind:
@@ -186,7 +189,14 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 			r.log.Error("ephemeral event with an invalid topic, ignored", "err", err)
 			return nil
 		}
-		r.cfg.Deliver(store.Event{Topic: n.Topic, Data: n.Data, TS: n.TS})
+		ev := store.Event{Topic: n.Topic, Data: n.Data, TS: n.TS}
+		// A transaction's notifications arrive together, so an open
+		// segment belongs to the same transaction as this broadcast.
+		for seg, held := range r.pending {
+			r.pending[seg] = append(held, pendingEvent{event: ev, ephemeral: true})
+			return nil
+		}
+		r.cfg.Deliver(ev)
 	default:
 		r.log.Error("notification of unknown kind on the realtime channel, ignored", "kind", n.Kind)
 	}
@@ -200,16 +210,27 @@ func (r *Relay) commit(ctx context.Context, n notification) error {
 	delete(r.pending, n.Segment)
 
 	if n.First+n.Count-1 <= r.last {
-		return nil // already delivered by a catch-up
+		// Already delivered by a catch-up, which cannot know about the
+		// broadcasts of the transaction.
+		for _, p := range held {
+			if p.ephemeral {
+				r.cfg.Deliver(p.event)
+			}
+		}
+		return nil
 	}
 
 	var missing []int32
+	durable := 0
 	for _, p := range held {
 		if p.ref {
 			missing = append(missing, p.ord)
 		}
+		if !p.ephemeral {
+			durable++
+		}
 	}
-	complete := int64(len(held)) == n.Count
+	complete := int64(durable) == n.Count
 	if !complete || len(missing) > 0 {
 		if !complete {
 			missing = nil // read the whole segment
@@ -222,6 +243,10 @@ func (r *Relay) commit(ctx context.Context, n notification) error {
 	}
 
 	for _, p := range held {
+		if p.ephemeral {
+			r.cfg.Deliver(p.event)
+			continue
+		}
 		ev := p.event
 		ev.ID = n.First + int64(p.ord)
 		r.deliverDurable(ev)
@@ -257,9 +282,14 @@ func (r *Relay) readSegment(ctx context.Context, segment int64, ords []int32) ([
 // them.
 func merge(held []pendingEvent, fetched []store.Event, first int64, complete bool) []pendingEvent {
 	if !complete {
-		out := make([]pendingEvent, len(fetched))
-		for i, ev := range fetched {
-			out[i] = pendingEvent{ord: int32(ev.ID - first), event: ev}
+		out := make([]pendingEvent, 0, len(fetched))
+		for _, ev := range fetched {
+			out = append(out, pendingEvent{ord: int32(ev.ID - first), event: ev})
+		}
+		for _, p := range held {
+			if p.ephemeral {
+				out = append(out, p)
+			}
 		}
 		return out
 	}

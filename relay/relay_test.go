@@ -160,3 +160,16 @@ func TestEphemeralAndChannelEvents(t *testing.T) {
 		t.Fatalf("delivered (-got +want):\n%s", diff)
 	}
 }
+
+func TestBroadcastWaitsForItsTransaction(t *testing.T) {
+	r, rec := newRelay(&fakeLog{}, 0)
+	handle(t, r,
+		note(t, map[string]any{"k": "e", "s": 4, "o": 0, "t": "one", "ts": "T", "d": 1}),
+		note(t, map[string]any{"k": "b", "n": 0, "t": "two", "ts": "T", "d": 2}),
+		note(t, map[string]any{"k": "e", "s": 4, "o": 1, "t": "three", "ts": "T", "d": 3}),
+		note(t, map[string]any{"k": "c", "s": 4, "f": 30, "n": 2}),
+	)
+	if diff := cmp.Diff(rec.got, []string{"30 one 1", "0 two 2", "31 three 3"}); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
+	}
+}

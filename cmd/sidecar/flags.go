@@ -1,0 +1,128 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/pgsidecar/sidecar/server"
+)
+
+// envFlags binds flags to environment variables: a flag given on the
+// command line wins over its variable.
+type envFlags struct {
+	fs  *flag.FlagSet
+	env map[string]string // flag name to variable name
+}
+
+func newEnvFlags(name string) *envFlags {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	return &envFlags{fs: fs, env: map[string]string{}}
+}
+
+func (f *envFlags) bind(name, env string) {
+	f.env[name] = env
+	fl := f.fs.Lookup(name)
+	fl.Usage += " (env " + env + ")"
+}
+
+// parse parses args, then fills every flag not given from its variable.
+func (f *envFlags) parse(args []string, getenv func(string) string) error {
+	if err := f.fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
+
+	for name, env := range f.env {
+		v := getenv(env)
+		if given[name] || v == "" {
+			continue
+		}
+		if err := f.fs.Set(name, v); err != nil {
+			return fmt.Errorf("environment variable %s=%q: %w", env, v, err)
+		}
+	}
+	return nil
+}
+
+// listValue is a comma-separated list flag.
+type listValue struct{ list *[]string }
+
+func (l listValue) String() string {
+	if l.list == nil {
+		return ""
+	}
+	return strings.Join(*l.list, ",")
+}
+
+func (l listValue) Set(s string) error {
+	*l.list = nil
+	for item := range strings.SplitSeq(s, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			*l.list = append(*l.list, item)
+		}
+	}
+	return nil
+}
+
+// secretValue is a flag whose value is never printed in help or errors.
+type secretValue struct{ b *[]byte }
+
+func (s secretValue) String() string { return "" }
+func (s secretValue) Set(v string) error {
+	*s.b = []byte(v)
+	return nil
+}
+
+// serverFlags declares every server setting on f, with its variable.
+func serverFlags(f *envFlags, cfg *server.Config) (logFormat, logLevel *string) {
+	fs := f.fs
+	str := func(p *string, name, env, usage string) {
+		fs.StringVar(p, name, *p, usage)
+		f.bind(name, env)
+	}
+	list := func(p *[]string, name, env, usage string) {
+		fs.Var(listValue{p}, name, usage)
+		f.bind(name, env)
+	}
+	dur := func(p *time.Duration, name, env, usage string) {
+		fs.DurationVar(p, name, *p, usage)
+		f.bind(name, env)
+	}
+	num := func(p *int, name, env, usage string) {
+		fs.IntVar(p, name, *p, usage)
+		f.bind(name, env)
+	}
+
+	str(&cfg.DatabaseURL, "database-url", "DATABASE_URL", "Postgres URL for queries and, unless --listen-database-url is set, for the LISTEN connection")
+	str(&cfg.ListenDatabaseURL, "listen-database-url", "SIDECAR_LISTEN_DATABASE_URL", "direct Postgres URL for the LISTEN connection, when queries go through a transaction pooler")
+	str(&cfg.Addr, "addr", "SIDECAR_ADDR", "HTTP listen address")
+	list(&cfg.APIKeys, "api-keys", "SIDECAR_API_KEYS", "comma-separated keys for the application's HTTP API")
+	fs.Var(secretValue{&cfg.JWTSecret}, "jwt-secret", "HS256 secret for client tokens")
+	f.bind("jwt-secret", "SIDECAR_JWT_SECRET")
+	list(&cfg.AnonymousSubscribe, "anonymous-subscribe", "SIDECAR_ANONYMOUS_SUBSCRIBE", "patterns that clients without a token may subscribe to; empty means none")
+	list(&cfg.AnonymousPublish, "anonymous-publish", "SIDECAR_ANONYMOUS_PUBLISH", "topics patterns that clients without a token may publish to; empty means none")
+	list(&cfg.AllowedOrigins, "allowed-origins", "SIDECAR_ALLOWED_ORIGINS", "browser origins allowed to connect, such as https://app.example.com; empty means same-origin only")
+	list(&cfg.ListenChannels, "listen-channels", "SIDECAR_LISTEN_CHANNELS", "extra Postgres channels to relay as pg.<channel> events")
+	dur(&cfg.Retention, "retention", "SIDECAR_RETENTION", "how long durable events are kept")
+	num(&cfg.MaxEventBytes, "max-event-bytes", "SIDECAR_MAX_EVENT_BYTES", "largest event data in bytes; the websocket read limit is this plus 64 KiB")
+	num(&cfg.ReplayLimit, "replay-limit", "SIDECAR_REPLAY_LIMIT", "most events one subscribe with since may replay")
+	num(&cfg.MaxInFlight, "max-in-flight", "SIDECAR_MAX_IN_FLIGHT", "most requests one websocket may have in flight")
+	dur(&cfg.Heartbeat, "heartbeat", "SIDECAR_HEARTBEAT", "idle time after which a heartbeat notification is sent (minimum 5s)")
+	dur(&cfg.AuthTimeout, "auth-timeout", "SIDECAR_AUTH_TIMEOUT", "how long a connection without a token may take to authenticate")
+	dur(&cfg.UnreadyAfter, "unready-after", "SIDECAR_UNREADY_AFTER", "how long the LISTEN connection may be down before /readyz turns 503")
+	dur(&cfg.DrainTimeout, "drain-timeout", "SIDECAR_DRAIN_TIMEOUT", "how long a shutdown waits for websockets to close")
+	num(&cfg.QueueBytes, "client-queue-bytes", "SIDECAR_CLIENT_QUEUE_BYTES", "outbound bytes a client may have queued for longer than --slow-client-grace")
+	num(&cfg.MaxQueueBytes, "client-max-queue-bytes", "SIDECAR_CLIENT_MAX_QUEUE_BYTES", "outbound bytes beyond which a client is closed as too slow at once")
+	dur(&cfg.SlowGrace, "slow-client-grace", "SIDECAR_SLOW_CLIENT_GRACE", "how long a client's queue may stay above --client-queue-bytes")
+	dur(&cfg.WriteTimeout, "write-timeout", "SIDECAR_WRITE_TIMEOUT", "longest one websocket write may block")
+	fs.BoolVar(&cfg.Migrate, "migrate", cfg.Migrate, "apply the embedded migrations at start")
+	f.bind("migrate", "SIDECAR_MIGRATE")
+
+	format, level := "text", "info"
+	str(&format, "log-format", "SIDECAR_LOG_FORMAT", "log format: text or json")
+	str(&level, "log-level", "SIDECAR_LOG_LEVEL", "log level: debug, info, warn or error")
+	return &format, &level
+}

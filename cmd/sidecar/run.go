@@ -1,0 +1,287 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/pgsidecar/sidecar/client"
+	"github.com/pgsidecar/sidecar/db/migrations"
+	"github.com/pgsidecar/sidecar/server"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = "dev"
+
+const usage = `sidecar: realtime messaging beside your application, on Postgres LISTEN/NOTIFY.
+
+Commands:
+  serve               run the server (applies migrations at start unless --migrate=false)
+  migrate up|status   apply or list the embedded migrations
+  pub TOPIC JSON      publish one event through the HTTP API
+  sub PATTERN...      subscribe over the websocket and print events as JSON lines
+  dev                 start a throwaway local Postgres, the server and a demo
+  health [URL]        exit 0 when the instance at URL (default http://127.0.0.1:7070) is ready
+  version             print the version
+
+Run "sidecar COMMAND -h" for a command's flags. Every flag also has an
+environment variable, named in its help.
+`
+
+func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return exitError(2)
+	}
+
+	cmd, rest := args[0], args[1:]
+	switch cmd {
+	case "serve":
+		return runServe(ctx, rest, getenv, stderr)
+	case "migrate":
+		return runMigrate(ctx, rest, getenv, stdout, stderr)
+	case "pub":
+		return runPub(ctx, rest, getenv, stdout, stderr)
+	case "sub":
+		return runSub(ctx, rest, getenv, stdout, stderr)
+	case "dev":
+		return runDev(ctx, rest, getenv, stdout, stderr)
+	case "health":
+		return runHealth(ctx, rest, stdout, stderr)
+	case "version":
+		fmt.Fprintln(stdout, "sidecar", version)
+		return nil
+	case "help", "-h", "--help":
+		fmt.Fprint(stdout, usage)
+		return nil
+	}
+	fmt.Fprintf(stderr, "unknown command %q\n\n%s", cmd, usage)
+	return exitError(2)
+}
+
+// parseFlags parses a command's flags; -h prints help and ends with 0.
+func parseFlags(f *envFlags, args []string, getenv func(string) string, stderr io.Writer) error {
+	f.fs.SetOutput(stderr)
+	err := f.parse(args, getenv)
+	if errors.Is(err, flag.ErrHelp) {
+		return exitError(0)
+	}
+	if err != nil {
+		return exitError(2)
+	}
+	return nil
+}
+
+func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lvl}
+	switch format {
+	case "text":
+		return slog.New(slog.NewTextHandler(w, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(w, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func runServe(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
+	cfg := server.Defaults()
+	cfg.Version = version
+	f := newEnvFlags("sidecar serve")
+	format, level := serverFlags(f, &cfg)
+	if err := parseFlags(f, args, getenv, stderr); err != nil {
+		return err
+	}
+
+	logger, err := newLogger(stderr, *format, *level)
+	if err != nil {
+		return err
+	}
+	cfg.Logger = logger
+
+	srv, err := server.New(cfg)
+	if err != nil {
+		return err
+	}
+	return srv.Run(ctx)
+}
+
+func runMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f := newEnvFlags("sidecar migrate")
+	var url string
+	f.fs.StringVar(&url, "database-url", "", "Postgres URL")
+	f.bind("database-url", "DATABASE_URL")
+	if err := parseFlags(f, args, getenv, stderr); err != nil {
+		return err
+	}
+	if url == "" {
+		return errors.New("--database-url (DATABASE_URL) is not set")
+	}
+	logger := slog.New(slog.NewTextHandler(stderr, nil))
+
+	switch f.fs.Arg(0) {
+	case "up":
+		return migrations.Up(ctx, url, logger)
+	case "status":
+		list, err := migrations.List(ctx, url, logger)
+		if err != nil {
+			return err
+		}
+		tw := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+		fmt.Fprintln(tw, "VERSION\tFILE\tAPPLIED")
+		for _, m := range list {
+			applied := "pending"
+			if m.Applied {
+				applied = m.AppliedAt.UTC().Format(time.RFC3339)
+			}
+			fmt.Fprintf(tw, "%d\t%s\t%s\n", m.Version, m.Name, applied)
+		}
+		return tw.Flush()
+	}
+	fmt.Fprintln(stderr, "usage: sidecar migrate up|status")
+	return exitError(2)
+}
+
+func runPub(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f := newEnvFlags("sidecar pub")
+	var base, key string
+	var ephemeral bool
+	f.fs.StringVar(&base, "url", "http://127.0.0.1:7070", "base URL of the sidecar's HTTP API")
+	f.bind("url", "SIDECAR_URL")
+	f.fs.StringVar(&key, "api-key", "", "API key (defaults to the first of SIDECAR_API_KEYS)")
+	f.bind("api-key", "SIDECAR_API_KEY")
+	f.fs.BoolVar(&ephemeral, "ephemeral", false, "publish an ephemeral event (NOTIFY only, no id, no replay)")
+	if err := parseFlags(f, args, getenv, stderr); err != nil {
+		return err
+	}
+	if key == "" {
+		key, _, _ = strings.Cut(getenv("SIDECAR_API_KEYS"), ",")
+	}
+	if f.fs.NArg() != 2 {
+		fmt.Fprintln(stderr, "usage: sidecar pub [flags] TOPIC JSON")
+		return exitError(2)
+	}
+	topicName, data := f.fs.Arg(0), f.fs.Arg(1)
+	if !json.Valid([]byte(data)) {
+		return fmt.Errorf("data %q is not valid JSON: quote strings, for example '\"hello\"'", data)
+	}
+
+	body, _ := json.Marshal(map[string]any{"topic": topicName, "data": json.RawMessage(data), "durable": !ephemeral})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, strings.TrimSuffix(base, "/")+"/v1/publish", bytes.NewReader(body))
+	if err != nil {
+		return fmt.Errorf("--url %q: %w", base, err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+key)
+
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return fmt.Errorf("publish: %w", err)
+	}
+	defer resp.Body.Close()
+	out, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("publish: %s: %s", resp.Status, bytes.TrimSpace(out))
+	}
+	fmt.Fprintln(stdout, string(bytes.TrimSpace(out)))
+	return nil
+}
+
+func runSub(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f := newEnvFlags("sidecar sub")
+	var url, token string
+	var since int64
+	f.fs.StringVar(&url, "url", "ws://127.0.0.1:7070/v1/ws", "websocket URL of the sidecar")
+	f.bind("url", "SIDECAR_WS_URL")
+	f.fs.StringVar(&token, "token", "", "client token (JWT); empty connects anonymously")
+	f.bind("token", "SIDECAR_TOKEN")
+	f.fs.Int64Var(&since, "since", -1, "replay durable events after this id first (-1: live events only)")
+	if err := parseFlags(f, args, getenv, stderr); err != nil {
+		return err
+	}
+	if f.fs.NArg() == 0 {
+		fmt.Fprintln(stderr, "usage: sidecar sub [flags] PATTERN...")
+		return exitError(2)
+	}
+
+	conn, err := client.Dial(ctx, url, client.Options{Token: token})
+	if err != nil {
+		return fmt.Errorf("connect to %s: %w", url, err)
+	}
+	defer conn.Close()
+
+	var opts []client.SubscribeOption
+	if since >= 0 {
+		opts = append(opts, client.WithSince(since))
+	}
+	sub, err := conn.Subscribe(ctx, f.fs.Args(), opts...)
+	if err != nil {
+		return fmt.Errorf("subscribe: %w", err)
+	}
+	fmt.Fprintf(stderr, "subscribed to %s (head %d, epoch %s); Ctrl-C to stop\n", strings.Join(f.fs.Args(), " "), sub.Head(), sub.Epoch())
+
+	return printEvents(ctx, conn, sub, stdout)
+}
+
+func printEvents(ctx context.Context, conn *client.Conn, sub *client.Subscription, stdout io.Writer) error {
+	enc := json.NewEncoder(stdout)
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-conn.Done():
+			return fmt.Errorf("connection closed: %w", conn.Err())
+		case ev, ok := <-sub.Events():
+			if !ok {
+				return fmt.Errorf("connection closed: %w", conn.Err())
+			}
+			line := map[string]any{"topic": ev.Topic, "data": ev.Data, "ts": ev.TS.UTC().Format("2006-01-02T15:04:05.000000Z")}
+			if ev.ID != 0 {
+				line["id"] = ev.ID
+			}
+			if err := enc.Encode(line); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	url := "http://127.0.0.1:7070"
+	if len(args) > 0 {
+		url = args[0]
+	}
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimSuffix(url, "/")+"/readyz", nil)
+	if err != nil {
+		return fmt.Errorf("health URL %q: %w", url, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		fmt.Fprintln(stderr, "not ready:", err)
+		return exitError(1)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	if resp.StatusCode != http.StatusOK {
+		fmt.Fprintf(stderr, "not ready: %s %s\n", resp.Status, bytes.TrimSpace(body))
+		return exitError(1)
+	}
+	fmt.Fprintln(stdout, "ready")
+	return nil
+}

@@ -1,0 +1,314 @@
+package tests
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/coder/websocket"
+
+	"github.com/pgsidecar/sidecar/server"
+	"github.com/pgsidecar/sidecar/tests/pgtest"
+)
+
+// rawConn is a websocket client that sends exactly the frames a test
+// gives it, for checking the reaction to each bad input.
+type rawConn struct {
+	t    testing.TB
+	conn *websocket.Conn
+}
+
+func dialRaw(t testing.TB, sc *sidecar, header http.Header) *rawConn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	conn, _, err := websocket.Dial(ctx, sc.ws, &websocket.DialOptions{HTTPHeader: header})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	conn.SetReadLimit(64 << 20)
+	t.Cleanup(func() { conn.CloseNow() })
+	rc := &rawConn{t: t, conn: conn}
+	if msg := rc.read(); msg["method"] != "welcome" {
+		t.Fatalf("first message = %v, want the welcome notification", msg)
+	}
+	return rc
+}
+
+func authHeader(tok string) http.Header {
+	return http.Header{"Authorization": {"Bearer " + tok}}
+}
+
+func (rc *rawConn) send(typ websocket.MessageType, msg string) {
+	rc.t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	if err := rc.conn.Write(ctx, typ, []byte(msg)); err != nil {
+		rc.t.Fatalf("write: %v", err)
+	}
+}
+
+// read returns the next message that is not a heartbeat.
+func (rc *rawConn) read() map[string]any {
+	rc.t.Helper()
+	for {
+		msg, err := rc.readErr()
+		if err != nil {
+			rc.t.Fatalf("read: %v", err)
+		}
+		if msg["method"] != "heartbeat" {
+			return msg
+		}
+	}
+}
+
+func (rc *rawConn) readErr() (map[string]any, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	_, b, err := rc.conn.Read(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var msg map[string]any
+	if err := json.Unmarshal(b, &msg); err != nil {
+		rc.t.Fatalf("message from the sidecar is not JSON: %s", b)
+	}
+	return msg, nil
+}
+
+// closeCode reads until the connection ends and returns its close code.
+func (rc *rawConn) closeCode() websocket.StatusCode {
+	rc.t.Helper()
+	for {
+		_, err := rc.readErr()
+		if err != nil {
+			return websocket.CloseStatus(err)
+		}
+	}
+}
+
+func errorCode(msg map[string]any) int {
+	e, _ := msg["error"].(map[string]any)
+	code, _ := e["code"].(float64)
+	return int(code)
+}
+
+func TestBadRequestsGetErrorsAndConnectionStays(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db)
+	rc := dialRaw(t, sc, authHeader(token(t, "u", []string{"ok.>"}, []string{"ok.>"})))
+
+	cases := []struct {
+		name   string
+		frame  string
+		code   int
+		nullID bool
+	}{
+		{"malformed JSON", `{"jsonrpc": "2.0", "method": `, -32700, true},
+		{"batch", `[{"jsonrpc": "2.0", "id": 1, "method": "ping"}]`, -32600, true},
+		{"not an object", `42`, -32600, true},
+		{"wrong version", `{"jsonrpc": "1.0", "id": 2, "method": "ping"}`, -32600, false},
+		{"unknown method", `{"jsonrpc": "2.0", "id": 3, "method": "nope"}`, -32601, false},
+		{"params of the wrong type", `{"jsonrpc": "2.0", "id": 4, "method": "subscribe", "params": {"topics": "ok.a"}}`, -32602, false},
+		{"invalid pattern", `{"jsonrpc": "2.0", "id": 5, "method": "subscribe", "params": {"topics": ["ok..a"]}}`, -32602, false},
+		{"invalid topic", `{"jsonrpc": "2.0", "id": 6, "method": "publish", "params": {"topic": "ok.*", "data": 1}}`, -32602, false},
+		{"subscribe outside the claims", `{"jsonrpc": "2.0", "id": 7, "method": "subscribe", "params": {"topics": ["other.>"]}}`, -32003, false},
+		{"publish outside the claims", `{"jsonrpc": "2.0", "id": 8, "method": "publish", "params": {"topic": "other.a", "data": 1}}`, -32003, false},
+		{"publish to a reserved namespace", `{"jsonrpc": "2.0", "id": 9, "method": "publish", "params": {"topic": "db.public.x", "data": 1}}`, -32003, false},
+		{"all or nothing subscribe", `{"jsonrpc": "2.0", "id": 10, "method": "subscribe", "params": {"topics": ["ok.a", "other.b"]}}`, -32003, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rc.send(websocket.MessageText, tc.frame)
+			msg := rc.read()
+			if got := errorCode(msg); got != tc.code {
+				t.Fatalf("reply = %v, want error %d", msg, tc.code)
+			}
+			if id, ok := msg["id"]; tc.nullID && (!ok || id != nil) {
+				t.Fatalf("reply id = %v, want null", msg["id"])
+			}
+			if e := msg["error"].(map[string]any); e["message"] == "" {
+				t.Fatalf("error without a message: %v", msg)
+			}
+		})
+	}
+
+	// The connection still works, and the refused subscribe added nothing.
+	rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": "p", "method": "ping"}`)
+	if msg := rc.read(); msg["result"] != "pong" || msg["id"] != "p" {
+		t.Fatalf("ping after bad input = %v, want pong", msg)
+	}
+	rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": "s", "method": "subscribe", "params": {"topics": ["ok.>"]}}`)
+	if msg := rc.read(); msg["result"] == nil {
+		t.Fatalf("subscribe = %v, want a result", msg)
+	}
+	exec(t, connect(t, db), `SELECT realtime.publish('other.b', '1'), realtime.publish('ok.b', '2')`)
+	msg := rc.read()
+	params, _ := msg["params"].(map[string]any)
+	if msg["method"] != "event" || params["topic"] != "ok.b" {
+		t.Fatalf("first event = %v, want ok.b only", msg)
+	}
+}
+
+func TestBadFramesCloseWithContractCodes(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.MaxEventBytes = 4096 })
+	tok := token(t, "u", []string{">"}, []string{">"})
+	control := subscribe(t, dialToken(t, sc, tok), []string{"control"})
+	sql := connect(t, db)
+
+	cases := []struct {
+		name string
+		typ  websocket.MessageType
+		msg  string
+		want websocket.StatusCode
+	}{
+		{"binary frame", websocket.MessageBinary, `{"jsonrpc": "2.0", "id": 1, "method": "ping"}`, websocket.StatusUnsupportedData},
+		{"invalid UTF-8", websocket.MessageText, "{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": \"\xff\xfe\"}", websocket.StatusInvalidFramePayloadData},
+		{"frame over the read limit", websocket.MessageText, `"` + strings.Repeat("a", 4096+64<<10+10) + `"`, websocket.StatusMessageTooBig},
+	}
+	for i, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			rc := dialRaw(t, sc, authHeader(tok))
+			rc.send(tc.typ, tc.msg)
+			if got := rc.closeCode(); got != tc.want {
+				t.Fatalf("close code = %v, want %v", got, tc.want)
+			}
+
+			// The sidecar keeps serving everyone else.
+			exec(t, sql, `SELECT realtime.publish('control', $1)`, i)
+			if ev := next(t, control); ev.Topic != "control" {
+				t.Fatalf("control connection got %s", ev.Topic)
+			}
+		})
+	}
+}
+
+func TestAuthentication(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.AuthTimeout = 500 * time.Millisecond })
+
+	t.Run("invalid token refused with 401", func(t *testing.T) {
+		for _, h := range []http.Header{
+			authHeader("not-a-jwt"),
+			authHeader(tokenWithSecret(t, "wrong-secret")),
+		} {
+			ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+			_, resp, err := websocket.Dial(ctx, sc.ws, &websocket.DialOptions{HTTPHeader: h})
+			cancel()
+			if err == nil || resp == nil || resp.StatusCode != http.StatusUnauthorized {
+				t.Fatalf("dial with a bad token: err %v, response %v; want HTTP 401", err, resp)
+			}
+		}
+	})
+
+	t.Run("token in the query parameter", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		conn, _, err := websocket.Dial(ctx, sc.ws+"?access_token="+token(t, "q", []string{"a"}, nil), nil)
+		if err != nil {
+			t.Fatalf("dial with access_token: %v", err)
+		}
+		conn.CloseNow()
+	})
+
+	t.Run("no token: -32001, then closed with 1008", func(t *testing.T) {
+		rc := dialRaw(t, sc, nil)
+		rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"topics": ["a"]}}`)
+		if msg := rc.read(); errorCode(msg) != -32001 {
+			t.Fatalf("subscribe without a token = %v, want -32001", msg)
+		}
+		if got := rc.closeCode(); got != websocket.StatusPolicyViolation {
+			t.Fatalf("close code = %v, want 1008", got)
+		}
+	})
+
+	t.Run("auth message authenticates", func(t *testing.T) {
+		rc := dialRaw(t, sc, nil)
+		rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 1, "method": "auth", "params": {"token": "`+token(t, "late", []string{"a"}, nil)+`"}}`)
+		msg := rc.read()
+		res, _ := msg["result"].(map[string]any)
+		if res["sub"] != "late" {
+			t.Fatalf("auth = %v, want sub late", msg)
+		}
+		time.Sleep(time.Second) // past the authentication timeout
+		rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 2, "method": "ping"}`)
+		if msg := rc.read(); msg["result"] != "pong" {
+			t.Fatalf("ping after auth = %v, want pong", msg)
+		}
+	})
+
+	t.Run("anonymous patterns when configured", func(t *testing.T) {
+		anon := startSidecar(t, db, func(c *server.Config) { c.AnonymousSubscribe = []string{"public.>"} })
+		rc := dialRaw(t, anon, nil)
+		rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"topics": ["public.news"]}}`)
+		if msg := rc.read(); msg["result"] == nil {
+			t.Fatalf("anonymous subscribe = %v, want a result", msg)
+		}
+		rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 2, "method": "subscribe", "params": {"topics": ["private"]}}`)
+		if msg := rc.read(); errorCode(msg) != -32003 {
+			t.Fatalf("anonymous subscribe outside the patterns = %v, want -32003", msg)
+		}
+		rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 3, "method": "publish", "params": {"topic": "public.news", "data": 1}}`)
+		if msg := rc.read(); errorCode(msg) != -32003 {
+			t.Fatalf("anonymous publish without publish patterns = %v, want -32003", msg)
+		}
+	})
+}
+
+func tokenWithSecret(t testing.TB, secret string) string {
+	t.Helper()
+	tok := token(t, "x", []string{">"}, nil)
+	parts := strings.Split(tok, ".")
+	return parts[0] + "." + parts[1] + "." + strings.Repeat("A", len(parts[2]))
+}
+
+func TestHTTPPublishAPI(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.MaxEventBytes = 2048 })
+	sub := subscribe(t, dial(t, sc), []string{"api.>"})
+
+	if code, body := postJSON(t, sc, "/v1/publish", "", map[string]any{"topic": "api.a", "data": 1}); code != http.StatusUnauthorized {
+		t.Fatalf("publish without a key = %d %v, want 401", code, body)
+	}
+	if code, body := postJSON(t, sc, "/v1/publish", "wrong", map[string]any{"topic": "api.a", "data": 1}); code != http.StatusUnauthorized {
+		t.Fatalf("publish with a wrong key = %d %v, want 401", code, body)
+	}
+	if code, body := postJSON(t, sc, "/v1/publish", testAPIKey, map[string]any{"topic": "api.*", "data": 1}); code != http.StatusBadRequest {
+		t.Fatalf("publish to a pattern = %d %v, want 400", code, body)
+	}
+	code, body := postJSON(t, sc, "/v1/publish", testAPIKey, map[string]any{"topic": "api.big", "data": strings.Repeat("b", 4096)})
+	if code != http.StatusRequestEntityTooLarge || !strings.Contains(body["error"].(map[string]any)["message"].(string), "2048") {
+		t.Fatalf("publish over the maximum = %d %v, want 413 naming the limit 2048", code, body)
+	}
+
+	code, body = postJSON(t, sc, "/v1/publish", testAPIKey, map[string]any{"events": []any{
+		map[string]any{"topic": "api.one", "data": 1},
+		map[string]any{"topic": "api.two", "data": 2, "durable": false},
+		map[string]any{"topic": "api.three", "data": 3},
+	}})
+	ids, _ := body["ids"].([]any)
+	if code != http.StatusOK || len(ids) != 3 || ids[0] == nil || ids[1] != nil || ids[2] == nil {
+		t.Fatalf("batch publish = %d %v, want 200 with ids [N, null, M]", code, body)
+	}
+	for _, want := range []string{"api.one", "api.two", "api.three"} {
+		if ev := next(t, sub); ev.Topic != want {
+			t.Fatalf("batch event = %s, want %s", ev.Topic, want)
+		}
+	}
+
+	code, body = postJSON(t, sc, "/v1/publish", testAPIKey, map[string]any{"events": []any{
+		map[string]any{"topic": "api.ok", "data": 1},
+		map[string]any{"topic": "bad topic", "data": 2},
+	}})
+	if code != http.StatusBadRequest || !strings.Contains(body["error"].(map[string]any)["message"].(string), "events[1]") {
+		t.Fatalf("batch with a bad entry = %d %v, want 400 naming events[1]", code, body)
+	}
+	expectQuiet(t, sub, 300*time.Millisecond)
+}
+
+var _ = errors.New
