@@ -50,8 +50,7 @@ type Server struct {
 	started    atomic.Bool // migrations applied and the first LISTEN is up
 	draining   atomic.Bool
 
-	sessions sync.WaitGroup
-	handler  http.Handler
+	handler http.Handler
 }
 
 // New checks cfg and builds a server. It connects to nothing yet: Run does.

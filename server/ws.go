@@ -65,6 +65,10 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusServiceUnavailable, "draining", "this sidecar is shutting down: connect to another instance")
 		return
 	}
+	if !s.started.Load() {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "this sidecar is starting: retry shortly")
+		return
+	}
 
 	// A present but invalid token is refused before the upgrade and never
 	// falls back to anonymous access.
