@@ -243,10 +243,10 @@ func printEvents(ctx context.Context, conn *client.Conn, sub *client.Subscriptio
 		case <-ctx.Done():
 			return nil
 		case <-conn.Done():
-			return fmt.Errorf("connection closed: %w", conn.Err())
+			return conn.Err()
 		case ev, ok := <-sub.Events():
 			if !ok {
-				return fmt.Errorf("connection closed: %w", conn.Err())
+				return conn.Err()
 			}
 			line := map[string]any{"topic": ev.Topic, "data": ev.Data, "ts": ev.TS.UTC().Format("2006-01-02T15:04:05.000000Z")}
 			if ev.ID != 0 {
