@@ -235,8 +235,8 @@ func (cfg *config) validate() error {
 	return errors.Join(errs...)
 }
 
-// checkLoopbackURL rejects a URL whose host is not on this machine: the
-// benchmark generates load, and load goes to loopback only.
+// checkLoopbackURL rejects a URL whose host is not on this machine,
+// because the benchmark sends its load to loopback addresses only.
 func checkLoopbackURL(flagName, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {

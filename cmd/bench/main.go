@@ -1,6 +1,6 @@
 // Command bench measures the sidecar's delivery latency and throughput
 // over loopback, with the load generator, the sidecar and Postgres on one
-// machine. Run "go run ./cmd/bench -h" for its flags; docs/benchmarks.md
+// machine. Run "go run ./cmd/bench -h" for its flags. docs/benchmarks.md
 // explains the scenarios and records measured figures.
 package main
 

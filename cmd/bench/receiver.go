@@ -36,7 +36,7 @@ type receiver struct {
 	outOfOrder int64     // events whose id was not above the previous one
 	lastID     int64     // highest id seen
 	lastAt     time.Time // when the last event arrived
-	err        error     // why the subscription ended early, if it did
+	err        error     // cause of an early end of the subscription, or nil
 }
 
 // dialReceivers connects n subscribers to topic, each on its own

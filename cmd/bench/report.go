@@ -112,6 +112,7 @@ func (r *report) summarize() {
 		"delivered_events_per_sec_min": spreadOf(r.throughputRuns, func(x throughputRun) float64 { return x.DeliveredPerSecMin }),
 		"latency_p50_ms":               spreadOf(r.throughputRuns, func(x throughputRun) float64 { return x.LatencyP50 }),
 		"latency_p99_ms":               spreadOf(r.throughputRuns, func(x throughputRun) float64 { return x.LatencyP99 }),
+		"transaction_p99_ms":           spreadOf(r.throughputRuns, func(x throughputRun) float64 { return x.TxP99 }),
 	}
 }
 
@@ -211,12 +212,14 @@ func (r *report) latencyTable(tw io.Writer) {
 }
 
 func (r *report) throughputTable(tw io.Writer) {
-	fmt.Fprintln(tw, "run\tdelivered/expected\tcommitted ev/s\tdelivered ev/s per subscriber (min)\tlatency p50 ms\tlatency p99 ms\t")
+	fmt.Fprintln(tw, "run\tdelivered/expected\tcommitted ev/s\tdelivered ev/s per subscriber (min)\tlatency p50 ms\tlatency p99 ms\ttx p50 ms\ttx p99 ms\t")
 	columns := []column[throughputRun]{
 		{"%.0f", func(x throughputRun) float64 { return x.CommittedPerSec }},
 		{"%.0f", func(x throughputRun) float64 { return x.DeliveredPerSecMin }},
 		{"%.2f", func(x throughputRun) float64 { return x.LatencyP50 }},
 		{"%.2f", func(x throughputRun) float64 { return x.LatencyP99 }},
+		{"%.2f", func(x throughputRun) float64 { return x.TxP50 }},
+		{"%.2f", func(x throughputRun) float64 { return x.TxP99 }},
 	}
 	for _, x := range r.throughputRuns {
 		writeRunRow(tw, x, x.Run, x.Delivered, x.Expected, columns)

@@ -76,7 +76,7 @@ func summarizeLatencies(samples []time.Duration) latencySummary {
 }
 
 // millis converts d to milliseconds for reports, rounded to whole
-// microseconds: the event timestamps carry no finer digits.
+// microseconds because the event timestamps carry no finer digits.
 func millis(d time.Duration) float64 {
 	return round3(float64(d) / float64(time.Millisecond))
 }

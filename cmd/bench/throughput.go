@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,9 +48,15 @@ type throughputRun struct {
 	Delivered int64 `json:"delivered"`
 	Expected  int64 `json:"expected"`
 
-	// Delivery latency under load, in milliseconds.
+	// Delivery latency under load, in milliseconds. The event's ts is
+	// taken before its transaction commits, so it includes the commit.
 	LatencyP50 float64 `json:"latency_p50_ms"`
 	LatencyP99 float64 `json:"latency_p99_ms"`
+
+	// How long one transaction took a writer, commit included, in
+	// milliseconds.
+	TxP50 float64 `json:"transaction_p50_ms"`
+	TxP99 float64 `json:"transaction_p99_ms"`
 
 	OutOfOrder       int64    `json:"out_of_order"`
 	SubscriberErrors []string `json:"subscriber_errors,omitempty"`
@@ -78,9 +85,11 @@ func runThroughput(ctx context.Context, cfg config, t *target, run int) (through
 
 	var start, end time.Time
 	var transactions atomic.Int64
+	var txTimes []time.Duration
 	write := func() (int64, error) {
+		var err error
 		start = time.Now()
-		err := runWriters(ctx, writers, topic, cfg, start.Add(cfg.Duration), &transactions)
+		txTimes, err = runWriters(ctx, writers, topic, cfg, start.Add(cfg.Duration), &transactions)
 		end = time.Now()
 		return transactions.Load() * int64(cfg.Batch), err
 	}
@@ -91,6 +100,7 @@ func runThroughput(ctx context.Context, cfg config, t *target, run int) (through
 
 	d := totals(receivers)
 	lat := summarizeLatencies(d.latencies)
+	tx := summarizeLatencies(txTimes)
 	minRate, meanRate := deliveryRates(receivers, start)
 	writeTime := end.Sub(start)
 	return throughputRun{
@@ -105,6 +115,8 @@ func runThroughput(ctx context.Context, cfg config, t *target, run int) (through
 		Expected:            committed * int64(len(receivers)),
 		LatencyP50:          millis(lat.P50),
 		LatencyP99:          millis(lat.P99),
+		TxP50:               millis(tx.P50),
+		TxP99:               millis(tx.P99),
 		OutOfOrder:          d.outOfOrder,
 		SubscriberErrors:    errorStrings(d.errors),
 	}, nil
@@ -134,22 +146,26 @@ func closeWriters(writers []*pgx.Conn) {
 }
 
 // runWriters runs one goroutine per connection that commits transactions
-// of cfg.Batch events until deadline, and counts them in transactions. A
-// statement that has started runs to its end, so that every counted
-// event has committed; only ctx cancels it. The first error stops every
-// writer.
-func runWriters(ctx context.Context, writers []*pgx.Conn, topic string, cfg config, deadline time.Time, transactions *atomic.Int64) error {
+// of cfg.Batch events until deadline, and counts them in transactions. It
+// returns the duration of every transaction.
+// The deadline does not interrupt a statement that has started, so every
+// counted event has committed. Only ctx cancels a statement, and the
+// first error cancels the other writers.
+func runWriters(ctx context.Context, writers []*pgx.Conn, topic string, cfg config, deadline time.Time, transactions *atomic.Int64) ([]time.Duration, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 
 	payload := string(makePayload(0, cfg.PayloadBytes))
 	errs := make([]error, len(writers))
+	durations := make([][]time.Duration, len(writers))
 	var wg sync.WaitGroup
 	for i, conn := range writers {
 		wg.Go(func() {
 			for n := 0; n < maxTxPerWriter && time.Now().Before(deadline); n++ {
 				callCtx, callCancel := context.WithTimeout(ctx, publishTimeout)
+				begin := time.Now()
 				_, err := conn.Exec(callCtx, publishBatchSQL, topic, payload, cfg.Batch)
+				elapsed := time.Since(begin)
 				callCancel()
 				if err != nil {
 					errs[i] = fmt.Errorf("writer %d: %w", i, err)
@@ -157,11 +173,12 @@ func runWriters(ctx context.Context, writers []*pgx.Conn, topic string, cfg conf
 					return
 				}
 				transactions.Add(1)
+				durations[i] = append(durations[i], elapsed)
 			}
 		})
 	}
 	wg.Wait()
-	return errors.Join(errs...)
+	return slices.Concat(durations...), errors.Join(errs...)
 }
 
 // deliveryRates returns the lowest and the mean events per second that
