@@ -79,7 +79,7 @@ func TestCommandLineWalkThrough(t *testing.T) {
 	}
 
 	serve := command(t, env, "serve", "--log-format", "json")
-	var serveLog strings.Builder
+	var serveLog syncBuffer
 	serve.Stderr = &serveLog
 	if err := serve.Start(); err != nil {
 		t.Fatal(err)
@@ -104,7 +104,7 @@ func TestCommandLineWalkThrough(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var subLog strings.Builder
+	var subLog syncBuffer
 	sub.Stderr = &subLog
 	if err := sub.Start(); err != nil {
 		t.Fatal(err)
@@ -188,4 +188,22 @@ func nextLine(t testing.TB, lines <-chan string) string {
 		t.Fatal("sidecar sub printed nothing in time")
 	}
 	return ""
+}
+
+// syncBuffer collects a child process's output while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
