@@ -312,3 +312,39 @@ func TestHTTPPublishAPI(t *testing.T) {
 }
 
 var _ = errors.New
+
+func TestInFlightLimitAndReadingContinue(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.MaxInFlight = 1 })
+	rc := dialRaw(t, sc, authHeader(token(t, "u", []string{">"}, []string{">"})))
+
+	// Hold a lock that makes the next publish wait inside Postgres.
+	ctx := context.Background()
+	blocker := connect(t, db)
+	tx, err := blocker.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `LOCK TABLE realtime.events IN ACCESS EXCLUSIVE MODE`); err != nil {
+		t.Fatal(err)
+	}
+
+	rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 1, "method": "publish", "params": {"topic": "a", "data": 1}}`)
+	rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 2, "method": "publish", "params": {"topic": "a", "data": 2}}`)
+	if msg := rc.read(); errorCode(msg) != -32004 || msg["id"] != float64(2) {
+		t.Fatalf("second publish over the in-flight limit = %v, want -32004 for id 2", msg)
+	}
+	rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 3, "method": "ping"}`)
+	if msg := rc.read(); msg["result"] != "pong" {
+		t.Fatalf("ping while a publish waits = %v, want pong: the connection must still be read", msg)
+	}
+
+	if err := tx.Rollback(ctx); err != nil {
+		t.Fatal(err)
+	}
+	msg := rc.read()
+	res, _ := msg["result"].(map[string]any)
+	if msg["id"] != float64(1) || res["id"] == nil {
+		t.Fatalf("first publish = %v, want its id once the lock is gone", msg)
+	}
+}
