@@ -50,6 +50,48 @@ func (p *serverProcess) signalGroup(sig syscall.Signal) error {
 	return err
 }
 
+// killBackends sends SIGKILL to every process whose working directory is
+// dataDir (Postgres processes run there) until none is left. It reads
+// /proc, so it works on Linux only.
+func killBackends(dataDir string, timeout time.Duration) error {
+	if resolved, err := filepath.EvalSymlinks(dataDir); err == nil {
+		dataDir = resolved
+	}
+	deadline := time.Now().Add(timeout)
+	for {
+		pids := processesIn(dataDir)
+		if len(pids) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("postgres processes %v still running %s after SIGKILL", pids, timeout)
+		}
+		for _, pid := range pids {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// processesIn lists the processes whose working directory is dir.
+func processesIn(dir string) []int {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil
+	}
+	var pids []int
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if cwd, err := os.Readlink("/proc/" + e.Name() + "/cwd"); err == nil && cwd == dir {
+			pids = append(pids, pid)
+		}
+	}
+	return pids
+}
+
 // serverArgs returns the postgres command line.
 func (c *Cluster) serverArgs() []string {
 	args := []string{
@@ -275,6 +317,15 @@ func (c *Cluster) Kill() error {
 		return fmt.Errorf("kill postgres: %w", err)
 	}
 	<-p.done
+
+	// Each backend makes itself a process group leader, so the signal
+	// above reached only the postmaster. A crash takes every process
+	// down, and a backend left alive keeps the shared memory attached:
+	// a restart then fails with "pre-existing shared memory block is
+	// still in use".
+	if err := killBackends(c.dataDir, 10*time.Second); err != nil {
+		return err
+	}
 
 	c.logger.Info("postgres killed", "port", c.port)
 	return nil
