@@ -6,7 +6,8 @@
 # first when it is missing), the sidecar and a demo.
 dev:
 	./scripts/ensure-postgres.sh
-	go run ./cmd/sidecar dev
+	go build -o bin/sidecar ./cmd/sidecar
+	./bin/sidecar dev
 
 # The test command of the README and CI.
 test:

@@ -38,6 +38,12 @@ type Config struct {
 	// Last is the newest durable id already delivered or not wanted, such
 	// as the database's head at start-up. Catch-up begins after it.
 	Last int64
+	// NewIDSpace, if set, is called on the goroutine that runs Run when
+	// commits start to come from another events table (the schema was
+	// recreated or the database restored), before the first event of the
+	// new table is delivered. Ids start again there, so the caller resets
+	// whatever compares ids, such as the hub's watermark.
+	NewIDSpace func(lastBefore int64)
 	// Logger receives catch-up and decoding problems; nil discards them.
 	Logger *slog.Logger
 	// Now stamps pg_notify events, which carry no database time; nil means
@@ -52,6 +58,7 @@ type Relay struct {
 	log     *slog.Logger
 	last    int64
 	pending map[int64][]pendingEvent
+	table   int64 // OID of the events table the last commit came from
 
 	caughtUp int64
 }
@@ -77,6 +84,7 @@ type notification struct {
 	Data    json.RawMessage `json:"d"`
 	First   int64           `json:"f"`
 	Count   int64           `json:"n"`
+	Table   int64           `json:"e"`
 }
 
 // New returns a Relay.
@@ -171,8 +179,10 @@ func (r *Relay) catchUp(ctx context.Context) error {
 func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 	var n notification
 	if err := json.Unmarshal([]byte(payload), &n); err != nil {
-		r.log.Error("undecodable notification on the realtime channel, ignored", "err", err, "bytes", len(payload))
-		return nil
+		// It may have been a commit: read what was committed from the
+		// table, so that no event is lost.
+		r.log.Error("undecodable notification on the realtime channel: catching up from the table", "err", err, "bytes", len(payload))
+		return r.catchUp(ctx)
 	}
 
 	switch n.Kind {
@@ -208,6 +218,17 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 func (r *Relay) commit(ctx context.Context, n notification) error {
 	held := r.pending[n.Segment]
 	delete(r.pending, n.Segment)
+
+	if n.Table != 0 && r.table != 0 && n.Table != r.table {
+		r.log.Warn("events now come from a new realtime.events table: ids start again", "last_id", r.last, "first_id", n.First)
+		r.last = n.First - 1
+		if r.cfg.NewIDSpace != nil {
+			r.cfg.NewIDSpace(r.last)
+		}
+	}
+	if n.Table != 0 {
+		r.table = n.Table
+	}
 
 	if n.First+n.Count-1 <= r.last {
 		// Already delivered by a catch-up, which cannot know about the

@@ -173,3 +173,22 @@ func TestBroadcastWaitsForItsTransaction(t *testing.T) {
 		t.Fatalf("delivered (-got +want):\n%s", diff)
 	}
 }
+
+func TestNewEventsTableStartsNewIDSpace(t *testing.T) {
+	var reset []int64
+	rec := &recorder{}
+	r := New(Config{Store: &fakeLog{}, Deliver: rec.deliver, NewIDSpace: func(last int64) { reset = append(reset, last) }})
+	handle(t, r,
+		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "a", "ts": "T", "d": 1}),
+		note(t, map[string]any{"k": "c", "s": 1, "f": 500, "n": 1, "e": 16384}),
+		// The schema was recreated: a new table, and ids from 1 again.
+		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "b", "ts": "T", "d": 2}),
+		note(t, map[string]any{"k": "c", "s": 1, "f": 1, "n": 1, "e": 16999}),
+	)
+	if diff := cmp.Diff(rec.got, []string{"500 a 1", "1 b 2"}); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
+	}
+	if diff := cmp.Diff(reset, []int64{0}); diff != "" {
+		t.Fatalf("NewIDSpace calls (-got +want):\n%s", diff)
+	}
+}

@@ -26,6 +26,8 @@ type Config struct {
 	MaxEventBytes int
 	ReplayLimit   int
 	MaxInFlight   int
+	// MaxSubscriptions bounds the subscriptions of one connection.
+	MaxSubscriptions int
 
 	Heartbeat    time.Duration
 	AuthTimeout  time.Duration
@@ -47,21 +49,22 @@ type Config struct {
 // Defaults returns the documented default configuration.
 func Defaults() Config {
 	return Config{
-		Addr:          ":7070",
-		Retention:     24 * time.Hour,
-		MaxEventBytes: 1 << 20,
-		ReplayLimit:   10000,
-		MaxInFlight:   1024,
-		Heartbeat:     25 * time.Second,
-		AuthTimeout:   10 * time.Second,
-		UnreadyAfter:  30 * time.Second,
-		DrainTimeout:  15 * time.Second,
-		QueueBytes:    4 << 20,
-		MaxQueueBytes: 256 << 20,
-		SlowGrace:     5 * time.Second,
-		WriteTimeout:  10 * time.Second,
-		Migrate:       true,
-		Version:       "dev",
+		Addr:             ":7070",
+		Retention:        24 * time.Hour,
+		MaxEventBytes:    1 << 20,
+		ReplayLimit:      10000,
+		MaxInFlight:      1024,
+		MaxSubscriptions: 1000,
+		Heartbeat:        25 * time.Second,
+		AuthTimeout:      10 * time.Second,
+		UnreadyAfter:     30 * time.Second,
+		DrainTimeout:     15 * time.Second,
+		QueueBytes:       4 << 20,
+		MaxQueueBytes:    256 << 20,
+		SlowGrace:        5 * time.Second,
+		WriteTimeout:     10 * time.Second,
+		Migrate:          true,
+		Version:          "dev",
 	}
 }
 
@@ -70,6 +73,15 @@ func (c *Config) Validate() error {
 	var errs []error
 	if c.DatabaseURL == "" {
 		errs = append(errs, errors.New("--database-url (DATABASE_URL) is not set: give the Postgres URL, for example postgres://user:pass@host:5432/db"))
+	}
+	if len(c.JWTSecret) > 0 && len(c.JWTSecret) < 16 {
+		errs = append(errs, fmt.Errorf("--jwt-secret is %d bytes: use at least 16 random bytes, and 32 or more for HS256", len(c.JWTSecret)))
+	}
+	if err := checkOrigins(c.AllowedOrigins); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxSubscriptions < 1 {
+		errs = append(errs, fmt.Errorf("--max-subscriptions is %d: it must be at least 1", c.MaxSubscriptions))
 	}
 	if c.MaxEventBytes < 1024 {
 		errs = append(errs, fmt.Errorf("--max-event-bytes is %d: it must be at least 1024", c.MaxEventBytes))

@@ -3,7 +3,9 @@ package server
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"log/slog"
 
 	"net/http"
 	"strings"
@@ -31,8 +33,13 @@ func (s *Server) routes() http.Handler {
 	e.Use(middleware.RequestLoggerWithConfig(middleware.RequestLoggerConfig{
 		LogStatus: true, LogURIPath: true, LogMethod: true, LogLatency: true, LogRequestID: true,
 		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
-			// The path only: a token may ride in the query string.
-			s.log.Info("http request", "request_id", v.RequestID, "method", v.Method,
+			// The path only: a token may ride in the query string. Probes
+			// come every few seconds, so they are logged at debug level.
+			level := slog.LevelInfo
+			if v.URIPath == "/readyz" || v.URIPath == "/healthz" {
+				level = slog.LevelDebug
+			}
+			s.log.Log(c.Request().Context(), level, "http request", "request_id", v.RequestID, "method", v.Method,
 				"path", v.URIPath, "status", v.Status, "duration", v.Latency)
 			return nil
 		},
@@ -80,7 +87,9 @@ func (s *Server) routes() http.Handler {
 func writeError(w http.ResponseWriter, status int, code, message string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
-	_ = json.NewEncoder(w).Encode(map[string]any{"error": map[string]string{"code": code, "message": message}})
+	enc := json.NewEncoder(w)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(map[string]any{"error": map[string]string{"code": code, "message": message}})
 }
 
 func apiError(c echo.Context, status int, code, message string) error {
@@ -167,10 +176,13 @@ func (s *Server) publishHTTP(c echo.Context) error {
 
 	var req publishRequest
 	if err := json.Unmarshal(body, &req); err != nil {
-		return apiError(c, http.StatusBadRequest, "invalid_json", "request body is not a JSON object of the form {\"topic\", \"data\", \"durable\"} or {\"events\": [...]}: "+err.Error())
+		return apiError(c, http.StatusBadRequest, "invalid_json", describeJSONError(err))
 	}
 
 	batch := req.Events != nil
+	if batch && (req.Topic != nil || req.Data != nil || req.Durable != nil) {
+		return apiError(c, http.StatusBadRequest, "invalid_body", `give either "events" or one event's "topic", "data" and "durable", not both`)
+	}
 	items := req.Events
 	if !batch {
 		items = []publishItem{req.publishItem}
@@ -194,11 +206,10 @@ func (s *Server) publishHTTP(c echo.Context) error {
 		if err := topic.Validate(*it.Topic); err != nil {
 			return apiError(c, http.StatusBadRequest, "invalid_topic", where+": "+err.Error())
 		}
-		data := it.Data
-		if data == nil {
-			data = json.RawMessage("null")
+		if it.Data == nil {
+			return apiError(c, http.StatusBadRequest, "invalid_data", where+`: "data" is missing: give any JSON value, null included`)
 		}
-		pubs[i] = store.Publication{Topic: *it.Topic, Data: data, Durable: it.Durable == nil || *it.Durable}
+		pubs[i] = store.Publication{Topic: *it.Topic, Data: it.Data, Durable: it.Durable == nil || *it.Durable}
 	}
 
 	ids, err := s.store.PublishAll(c.Request().Context(), pubs)
@@ -227,6 +238,9 @@ func (s *Server) publishFailed(c echo.Context, err error) error {
 		return apiError(c, http.StatusRequestEntityTooLarge, "event_too_large", strings.TrimPrefix(err.Error(), "event too large: "))
 	case errors.Is(err, store.ErrInvalid):
 		return apiError(c, http.StatusBadRequest, "invalid_event", strings.TrimPrefix(err.Error(), "invalid event: "))
+	case errors.Is(err, store.ErrRejected):
+		s.log.Error("publish rejected by Postgres", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
+		return apiError(c, http.StatusInternalServerError, "database_error", "Postgres rejected the publish; the sidecar's log has the details (search for the request id)")
 	}
 	s.log.Error("publish failed", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
 	return apiError(c, http.StatusServiceUnavailable, "database_unavailable", "the event was not published because Postgres could not be reached: retry")
@@ -235,4 +249,23 @@ func (s *Server) publishFailed(c echo.Context, err error) error {
 func itoa(n int64) string {
 	b, _ := json.Marshal(n)
 	return string(b)
+}
+
+// describeJSONError turns a decoding error of the publish body into a
+// sentence in JSON's terms rather than Go's.
+func describeJSONError(err error) string {
+	const shape = `the body must be a JSON object {"topic", "data", "durable"} or {"events": [...]}`
+	var typeErr *json.UnmarshalTypeError
+	if errors.As(err, &typeErr) {
+		want := map[string]string{"topic": "a string", "durable": "true or false", "events": "an array of events"}
+		field := typeErr.Field
+		if i := strings.LastIndexByte(field, '.'); i >= 0 {
+			field = field[i+1:]
+		}
+		if w, ok := want[field]; ok {
+			return fmt.Sprintf("%q must be %s, not a JSON %s", typeErr.Field, w, typeErr.Value)
+		}
+		return fmt.Sprintf("a JSON %s is not allowed here: %s", typeErr.Value, shape)
+	}
+	return "the body is not valid JSON: " + shape
 }

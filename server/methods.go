@@ -105,6 +105,9 @@ func (sess *session) reply(id json.RawMessage, result any, rerr *rpc.Error) {
 func (sess *session) prepare(m rpc.Message) (call, *rpc.Error) {
 	switch m.Method {
 	case "ping":
+		if rerr := rpc.CheckParams(m.Params); rerr != nil {
+			return call{}, rerr
+		}
 		return call{inline: true, run: func(context.Context) (any, *rpc.Error) { return "pong", nil }}, nil
 	case "subscribe":
 		return sess.prepareSubscribe(m.Params)
@@ -154,7 +157,7 @@ func (sess *session) prepareSubscribe(raw json.RawMessage) (call, *rpc.Error) {
 	for i, s := range p.Topics {
 		pat, err := topic.Parse(s)
 		if err != nil {
-			return call{}, rpc.InvalidParams("pattern %q: %v", s, err)
+			return call{}, rpc.InvalidParams("%v", err)
 		}
 		patterns[i] = pat
 	}
@@ -167,6 +170,9 @@ func (sess *session) prepareSubscribe(raw json.RawMessage) (call, *rpc.Error) {
 		if !claims.CanSubscribe(pat) {
 			return call{}, rpc.Errorf(rpc.CodeForbidden, "subscribing to %q is not allowed by your token", pat.String())
 		}
+	}
+	if n, limit := sess.subscriptionCount(), sess.srv.cfg.MaxSubscriptions; n >= limit {
+		return call{}, rpc.Errorf(rpc.CodeRateLimited, "this connection has %d subscriptions, the limit: unsubscribe from some first", n)
 	}
 
 	return call{run: func(ctx context.Context) (any, *rpc.Error) {
@@ -190,7 +196,7 @@ func (sess *session) subscribe(ctx context.Context, p subscribeParams, patterns 
 
 	var replay []hub.Event
 	if p.Since != nil {
-		events, rerr := srv.replay(ctx, patterns, *p.Since, p.Epoch, epoch, watermark)
+		events, rerr := sess.replay(ctx, patterns, *p.Since, p.Epoch, epoch, watermark)
 		if rerr != nil {
 			sess.client.Unsubscribe(sub.ID())
 			return nil, rerr
@@ -216,15 +222,16 @@ type subscribeResult struct {
 }
 
 // replay checks a resume point and reads the events after it.
-func (s *Server) replay(ctx context.Context, patterns []topic.Pattern, since int64, clientEpoch *string, epoch string, watermark int64) ([]hub.Event, *rpc.Error) {
+func (sess *session) replay(ctx context.Context, patterns []topic.Pattern, since int64, clientEpoch *string, epoch string, watermark int64) ([]hub.Event, *rpc.Error) {
 	if clientEpoch != nil && *clientEpoch != epoch {
 		return nil, historyExpired("epoch %q is not this database's epoch %q: reload your state, then subscribe without since", *clientEpoch, epoch)
 	}
 
+	s := sess.srv
 	if since > watermark {
 		head, err := s.store.Head(ctx)
 		if err != nil {
-			return nil, s.internal(err)
+			return nil, sess.internal(err)
 		}
 		if since > head {
 			return nil, historyExpired("since %d is above the newest event id %d: reload your state, then subscribe without since", since, head)
@@ -234,7 +241,7 @@ func (s *Server) replay(ctx context.Context, patterns []topic.Pattern, since int
 
 	purged, err := s.store.PurgedThrough(ctx)
 	if err != nil {
-		return nil, s.internal(err)
+		return nil, sess.internal(err)
 	}
 	if since < purged {
 		return nil, historyExpired("events after id %d may have been deleted (retention keeps ids above %d): reload your state, then subscribe without since", since, purged)
@@ -245,7 +252,7 @@ func (s *Server) replay(ctx context.Context, patterns []topic.Pattern, since int
 		return nil, historyExpired("more than %d events were published after id %d, over the replay limit: reload your state, then subscribe without since", s.cfg.ReplayLimit, since)
 	}
 	if err != nil {
-		return nil, s.internal(err)
+		return nil, sess.internal(err)
 	}
 
 	out := make([]hub.Event, len(events))
@@ -259,8 +266,10 @@ func historyExpired(format string, args ...any) *rpc.Error {
 	return rpc.Errorf(rpc.CodeHistoryExpired, "history expired: "+format, args...)
 }
 
-func (s *Server) internal(err error) *rpc.Error {
-	s.log.Error("request failed", "err", err)
+// internal logs a failure to reach Postgres and returns the error the
+// client gets for it.
+func (sess *session) internal(err error) *rpc.Error {
+	sess.log.Error("request failed", "err", err)
 	return rpc.Errorf(rpc.CodeInternal, "internal error: the sidecar could not reach Postgres; try again")
 }
 
@@ -299,7 +308,7 @@ func (sess *session) preparePublish(raw json.RawMessage) (call, *rpc.Error) {
 		return call{}, rpc.InvalidParams("%v", err)
 	}
 	if p.Data == nil {
-		p.Data = json.RawMessage("null")
+		return call{}, rpc.InvalidParams(`"data" is missing: give any JSON value, null included`)
 	}
 	if len(p.Data) > sess.srv.cfg.MaxEventBytes*2 {
 		return call{}, rpc.InvalidParams("data is %d bytes, over the maximum event size of %d bytes", len(p.Data), sess.srv.cfg.MaxEventBytes)
@@ -315,30 +324,37 @@ func (sess *session) preparePublish(raw json.RawMessage) (call, *rpc.Error) {
 	}
 
 	return call{publish: true, run: func(ctx context.Context) (any, *rpc.Error) {
-		return sess.srv.publishOne(ctx, *p.Topic, p.Data, durable)
+		return sess.publishOne(ctx, *p.Topic, p.Data, durable)
 	}}, nil
 }
 
-func (s *Server) publishOne(ctx context.Context, t string, data json.RawMessage, durable bool) (any, *rpc.Error) {
+func (sess *session) publishOne(ctx context.Context, t string, data json.RawMessage, durable bool) (any, *rpc.Error) {
+	st := sess.srv.store
 	if !durable {
-		if err := s.store.Broadcast(ctx, t, data); err != nil {
-			return nil, s.publishError(err)
+		if err := st.Broadcast(ctx, t, data); err != nil {
+			return nil, sess.publishError(err)
 		}
 		return struct{}{}, nil
 	}
 
-	id, err := s.store.Publish(ctx, t, data)
+	id, err := st.Publish(ctx, t, data)
 	if err != nil {
-		return nil, s.publishError(err)
+		return nil, sess.publishError(err)
 	}
 	return map[string]int64{"id": id}, nil
 }
 
-func (s *Server) publishError(err error) *rpc.Error {
-	if errors.Is(err, store.ErrTooLarge) || errors.Is(err, store.ErrInvalid) {
-		return rpc.InvalidParams("%s", strings.TrimPrefix(err.Error(), "event too large: "))
+func (sess *session) publishError(err error) *rpc.Error {
+	switch {
+	case errors.Is(err, store.ErrTooLarge):
+		return rpc.InvalidParams("%s", strings.TrimPrefix(err.Error(), store.ErrTooLarge.Error()+": "))
+	case errors.Is(err, store.ErrInvalid):
+		return rpc.InvalidParams("%s", strings.TrimPrefix(err.Error(), store.ErrInvalid.Error()+": "))
+	case errors.Is(err, store.ErrRejected):
+		sess.log.Error("publish rejected by Postgres", "err", err)
+		return rpc.Errorf(rpc.CodeInternal, "internal error: Postgres rejected the publish; the sidecar's log has the details")
 	}
-	return s.internal(err)
+	return sess.internal(err)
 }
 
 func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
@@ -353,6 +369,9 @@ func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
 	}
 
 	return call{inline: true, run: func(context.Context) (any, *rpc.Error) {
+		if sess.srv.verifier == nil {
+			return nil, rpc.Errorf(rpc.CodeNotAuthenticated, "this sidecar accepts no client tokens: it was started without --jwt-secret")
+		}
 		claims, err := sess.srv.verifier.Verify(*p.Token)
 		if err != nil {
 			return nil, rpc.Errorf(rpc.CodeNotAuthenticated, "%v", err)
@@ -382,6 +401,12 @@ func (sess *session) trackSubscription(id string, patterns []topic.Pattern) {
 		sess.subs = map[string][]topic.Pattern{}
 	}
 	sess.subs[id] = patterns
+}
+
+func (sess *session) subscriptionCount() int {
+	sess.subsMu.Lock()
+	defer sess.subsMu.Unlock()
+	return len(sess.subs)
 }
 
 func (sess *session) forgetSubscription(id string) {

@@ -37,7 +37,7 @@ type Server struct {
 	store    *store.Store
 	hub      *hub.Hub
 	listener *listen.Listener
-	verifier *auth.Verifier
+	verifier *auth.Verifier // nil without --jwt-secret: tokens are refused
 	apiKeys  auth.APIKeys
 
 	anonymous      *auth.Claims
@@ -64,11 +64,13 @@ func New(cfg Config) (*Server, error) {
 
 	s := &Server{cfg: cfg, log: cfg.Logger}
 
-	verifier, err := auth.NewVerifier(auth.Config{HS256Secret: cfg.JWTSecret})
-	if err != nil {
-		return nil, fmt.Errorf("client tokens: %w", err)
+	if len(cfg.JWTSecret) > 0 {
+		verifier, err := auth.NewVerifier(auth.Config{HS256Secret: cfg.JWTSecret})
+		if err != nil {
+			return nil, fmt.Errorf("--jwt-secret: %w", err)
+		}
+		s.verifier = verifier
 	}
-	s.verifier = verifier
 	s.apiKeys = auth.NewAPIKeys(cfg.APIKeys)
 
 	if len(cfg.AnonymousSubscribe) > 0 || len(cfg.AnonymousPublish) > 0 {
@@ -103,7 +105,10 @@ func New(cfg Config) (*Server, error) {
 			return pgx.ConnectConfig(ctx, listenCfg.Copy())
 		},
 		Channels: channels,
-		Logger:   s.log.With("component", "listen"),
+		// Delivery and readiness wait for the LISTEN connection, so retry
+		// it often: at least every 5 s.
+		MaxBackoff: 5 * time.Second,
+		Logger:     s.log.With("component", "listen"),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("--listen-channels: %w", err)
@@ -201,6 +206,10 @@ func (s *Server) start(ctx context.Context) {
 		Deliver: func(ev store.Event) {
 			s.hub.Publish(hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS})
 		},
+		NewIDSpace: func(lastBefore int64) {
+			s.hub.SetWatermark(lastBefore)
+			s.refreshEpoch(ctx)
+		},
 		Logger: s.log.With("component", "relay"),
 	})
 
@@ -280,16 +289,29 @@ func (s *Server) retain(ctx context.Context) {
 			s.log.Info("expired events deleted", "transactions", n, "cutoff", cutoff)
 		}
 
-		if epoch, err := s.store.Epoch(ctx); err == nil && epoch != s.epoch() {
-			s.log.Warn("epoch changed: clients resuming from the old epoch will be told to reload", "old", s.epoch(), "new", epoch)
-			s.epochValue.Store(&epoch)
-		}
+		s.refreshEpoch(ctx)
 
 		select {
 		case <-ctx.Done():
 			return
 		case <-tick.C:
 		}
+	}
+}
+
+// refreshEpoch reads the epoch again; it changes when the database is
+// promoted, restored or its realtime schema recreated.
+func (s *Server) refreshEpoch(ctx context.Context) {
+	epoch, err := s.store.Epoch(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.log.Warn("reading the epoch failed", "err", err)
+		}
+		return
+	}
+	if old := s.epoch(); epoch != old {
+		s.log.Warn("epoch changed: clients resuming from the old epoch will be told to reload", "old", old, "new", epoch)
+		s.epochValue.Store(&epoch)
 	}
 }
 
@@ -302,16 +324,12 @@ func (s *Server) drain(httpServer *http.Server) {
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		if err := s.hub.Shutdown(ctx, int(closeDraining), "sidecar restarting: reconnect"); err != nil {
-			s.log.Warn("websockets still open at the drain deadline were dropped", "err", err)
-		}
-	})
-	wg.Go(func() {
-		if err := httpServer.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
-			s.log.Warn("http shutdown", "err", err)
-		}
-	})
-	wg.Wait()
+	// The HTTP server keeps answering while the websockets close, so
+	// /readyz reports 503 and new websockets are refused with 503.
+	if err := s.hub.Shutdown(ctx, int(closeDraining), "sidecar restarting: reconnect"); err != nil {
+		s.log.Warn("websockets still open at the drain deadline were dropped", "err", err)
+	}
+	if err := httpServer.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		s.log.Warn("http shutdown did not finish in time", "err", err)
+	}
 }

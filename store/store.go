@@ -38,6 +38,9 @@ var (
 	ErrTooLarge = errors.New("event too large")
 	// ErrInvalid means Postgres rejected a value, such as a topic.
 	ErrInvalid = errors.New("invalid event")
+	// ErrRejected means Postgres answered with an error that is neither of
+	// the above, such as a missing schema or a permission denied.
+	ErrRejected = errors.New("postgres rejected the publish")
 	// ErrTooMany means a replay would return more events than its limit.
 	ErrTooMany = errors.New("too many events to replay")
 )
@@ -375,12 +378,15 @@ func (s *Store) Purge(ctx context.Context, cutoff time.Time, batch int) (int, er
 func classify(err error) error {
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
-		switch pgErr.Code {
-		case "54000":
+		switch {
+		case pgErr.Code == "54000":
 			return fmt.Errorf("%w: %s", ErrTooLarge, pgErr.Message)
-		case "22023", "22P02":
+		case strings.HasPrefix(pgErr.Code, "22"):
+			// Class 22, data exception: the value cannot be stored, such
+			// as a topic outside the grammar or a \u0000 in JSON text.
 			return fmt.Errorf("%w: %s", ErrInvalid, pgErr.Message)
 		}
+		return fmt.Errorf("%w: SQLSTATE %s: %s", ErrRejected, pgErr.Code, pgErr.Message)
 	}
 	return fmt.Errorf("publish: %w", err)
 }

@@ -348,3 +348,74 @@ func TestInFlightLimitAndReadingContinue(t *testing.T) {
 		t.Fatalf("first publish = %v, want its id once the lock is gone", msg)
 	}
 }
+
+func TestPublishBodyShapeErrors(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db)
+
+	cases := []struct {
+		name string
+		body any
+		code string
+	}{
+		{"events beside a top-level event", map[string]any{"topic": "a", "data": 1, "events": []any{map[string]any{"topic": "b", "data": 2}}}, "invalid_body"},
+		{"missing data", map[string]any{"topic": "a"}, "invalid_data"},
+		{"topic of the wrong type", map[string]any{"topic": 5, "data": 1}, "invalid_json"},
+		{"empty events", map[string]any{"events": []any{}}, "invalid_events"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body := postJSON(t, sc, "/v1/publish", testAPIKey, tc.body)
+			e, _ := body["error"].(map[string]any)
+			if status != http.StatusBadRequest || e["code"] != tc.code {
+				t.Fatalf("POST /v1/publish %v = %d %v, want 400 %s", tc.body, status, body, tc.code)
+			}
+		})
+	}
+}
+
+func TestUpgradeRefusals(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.AllowedOrigins = []string{"https://*.example.com"} })
+	tok := token(t, "u", []string{"a"}, nil)
+
+	dialStatus := func(url string, h http.Header) int {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		conn, resp, err := websocket.Dial(ctx, url, &websocket.DialOptions{HTTPHeader: h})
+		if err == nil {
+			conn.CloseNow()
+			return http.StatusSwitchingProtocols
+		}
+		if resp == nil {
+			t.Fatalf("dial %s: %v", url, err)
+		}
+		return resp.StatusCode
+	}
+
+	if got := dialStatus(sc.ws, http.Header{"Authorization": {"Bearer " + tok}, "Origin": {"https://evil.test"}}); got != http.StatusForbidden {
+		t.Fatalf("upgrade from a foreign origin = %d, want 403", got)
+	}
+	if got := dialStatus(sc.ws, http.Header{"Authorization": {"Bearer " + tok}, "Origin": {"https://app.example.com"}}); got != http.StatusSwitchingProtocols {
+		t.Fatalf("upgrade from an allowed origin = %d, want 101", got)
+	}
+	if got := dialStatus(sc.ws+"?access_token="+tok, authHeader(tok)); got != http.StatusUnauthorized {
+		t.Fatalf("upgrade with a token in both places = %d, want 401", got)
+	}
+}
+
+func TestSubscriptionLimitPerConnection(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.MaxSubscriptions = 2 })
+	rc := dialRaw(t, sc, authHeader(token(t, "u", []string{">"}, nil)))
+	for i := range 3 {
+		rc.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 1, "method": "subscribe", "params": {"topics": ["a"]}}`)
+		msg := rc.read()
+		if i < 2 && msg["result"] == nil {
+			t.Fatalf("subscribe %d = %v, want a result", i, msg)
+		}
+		if i == 2 && errorCode(msg) != -32004 {
+			t.Fatalf("subscribe over the limit = %v, want -32004", msg)
+		}
+	}
+}

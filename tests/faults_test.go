@@ -9,6 +9,7 @@ import (
 
 	"github.com/coder/websocket"
 
+	"github.com/pgsidecar/sidecar/db/migrations"
 	"github.com/pgsidecar/sidecar/server"
 	"github.com/pgsidecar/sidecar/tests/pgtest"
 )
@@ -153,5 +154,58 @@ func TestSlowClientClosedOthersKeepReceiving(t *testing.T) {
 
 	if got := slow.closeCode(); got != websocket.StatusTryAgainLater {
 		t.Fatalf("slow client close code = %v, want 1013", got)
+	}
+}
+
+func TestRecreatedSchemaStartsNewIDSpace(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db)
+	conn := dial(t, sc)
+	sub := subscribe(t, conn, []string{"n"})
+	sql := connect(t, db)
+
+	for range 5 {
+		exec(t, sql, `SELECT realtime.publish('n', '"old"')`)
+	}
+	for range 5 {
+		next(t, sub)
+	}
+	_, oldEpoch := sub.Head(), sub.Epoch()
+
+	exec(t, sql, `DROP SCHEMA realtime CASCADE`)
+	if err := migrations.Up(context.Background(), db, testLogger(t)); err != nil {
+		t.Fatal(err)
+	}
+	exec(t, sql, `SELECT realtime.publish('n', '"new"')`)
+	if ev := next(t, sub); string(ev.Data) != `"new"` || ev.ID != 1 {
+		t.Fatalf("first event of the new table = %s id %d, want \"new\" with id 1", ev.Data, ev.ID)
+	}
+
+	waitFor(t, "a new epoch for new subscriptions", func() bool {
+		return subscribe(t, conn, []string{"m"}).Epoch() != oldEpoch
+	})
+}
+
+func TestDrainReportsUnreadyWhileClosing(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.DrainTimeout = 3 * time.Second })
+	// A client that never reads keeps the closing handshake waiting, so
+	// the drain lasts until its deadline.
+	dialRaw(t, sc, authHeader(token(t, "u", []string{"a"}, nil)))
+
+	stopped := make(chan struct{})
+	go func() { sc.stop(); close(stopped) }()
+
+	waitFor(t, "/readyz to turn 503 during the drain", func() bool {
+		code, body := sc.readyz(t)
+		return code == 503 && body["draining"] == true
+	})
+	if code, _ := postJSON(t, sc, "/v1/publish", testAPIKey, map[string]any{"topic": "a", "data": 1}); code != 503 {
+		t.Fatalf("publish during the drain = %d, want 503", code)
+	}
+	select {
+	case <-stopped:
+	case <-time.After(waitLong):
+		t.Fatal("the drain did not end")
 	}
 }

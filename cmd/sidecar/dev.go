@@ -137,13 +137,17 @@ The sidecar is ready at %s.
 
 Try it in another terminal:
 
-  export SIDECAR_TOKEN='%s' SIDECAR_API_KEY='%s'
+  export SIDECAR_URL='%s' SIDECAR_WS_URL='%s' SIDECAR_API_KEY='%s' DEV_DB='%s'
+  export SIDECAR_TOKEN='%s'
   go run ./cmd/sidecar sub 'db.public.todos' 'chat.>'
-  psql '%s' -c "INSERT INTO todos (title) VALUES ('buy milk')"
+
+and in a third one, with the same exports:
+
+  psql "$DEV_DB" -c "INSERT INTO todos (title) VALUES ('buy milk')"
   go run ./cmd/sidecar pub chat.room1 '{"text": "hello"}'
 
 Press Ctrl-C to stop the sidecar and the throwaway Postgres.
-`, base, cfg.DatabaseURL, cfg.APIKeys[0], token, token, cfg.APIKeys[0], cfg.DatabaseURL)
+`, base, cfg.DatabaseURL, cfg.APIKeys[0], token, base, wsURL, cfg.APIKeys[0], cfg.DatabaseURL, token)
 
 	if !demo {
 		return nil

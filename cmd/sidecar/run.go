@@ -124,15 +124,23 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	var url string
 	f.fs.StringVar(&url, "database-url", "", "Postgres URL")
 	f.bind("database-url", "DATABASE_URL")
+	// Flags may come before or after the subcommand.
+	sub := ""
+	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		sub, args = args[0], args[1:]
+	}
 	if err := parseFlags(f, args, getenv, stderr); err != nil {
 		return err
 	}
+	if sub == "" {
+		sub = f.fs.Arg(0)
+	}
 	if url == "" {
-		return errors.New("--database-url (DATABASE_URL) is not set")
+		return errors.New("--database-url (DATABASE_URL) is not set: give the Postgres URL to migrate")
 	}
 	logger := slog.New(slog.NewTextHandler(stderr, nil))
 
-	switch f.fs.Arg(0) {
+	switch sub {
 	case "up":
 		return migrations.Up(ctx, url, logger)
 	case "status":
@@ -228,6 +236,10 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 		opts = append(opts, client.WithSince(since))
 	}
 	sub, err := conn.Subscribe(ctx, f.fs.Args(), opts...)
+	var rpcErr *client.RPCError
+	if errors.As(err, &rpcErr) && rpcErr.Code == client.CodeNotAuthenticated && token == "" {
+		return fmt.Errorf("subscribe: %w: give a client token with --token or SIDECAR_TOKEN", err)
+	}
 	if err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
@@ -262,6 +274,10 @@ func printEvents(ctx context.Context, conn *client.Conn, sub *client.Subscriptio
 func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	url := "http://127.0.0.1:7070"
 	if len(args) > 0 {
+		if strings.HasPrefix(args[0], "-") {
+			fmt.Fprintln(stderr, "usage: sidecar health [URL]  (exits 0 when URL/readyz answers 200; default "+url+")")
+			return exitError(2)
+		}
 		url = args[0]
 	}
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)

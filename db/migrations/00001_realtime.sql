@@ -178,8 +178,11 @@ BEGIN
        SET first_id = first, last_id = first + greatest(n, 1) - 1, committed_at = clock_timestamp()
      WHERE segment = NEW.segment;
     PERFORM set_config('realtime.segment', '', true);
+    -- "e" identifies the events table: a new table starts a new id space,
+    -- and the sidecar must not mistake its ids for ones it has delivered.
     PERFORM pg_notify('realtime_events',
-                      json_build_object('k', 'c', 's', NEW.segment, 'f', first, 'n', n)::text);
+                      json_build_object('k', 'c', 's', NEW.segment, 'f', first, 'n', n,
+                                        'e', 'realtime.events'::regclass::oid::bigint)::text);
     RETURN NULL;
 END
 $$;
