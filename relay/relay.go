@@ -38,6 +38,10 @@ type Config struct {
 	// Last is the newest durable id already delivered or not wanted, such
 	// as the database's head at start-up. Catch-up begins after it.
 	Last int64
+	// Probe, if set, receives the token of every probe notification: the
+	// sidecar sends one through its query pool at start to check that the
+	// LISTEN connection hears that database.
+	Probe func(token string)
 	// NewIDSpace, if set, is called on the goroutine that runs Run when
 	// commits start to come from another events table (the schema was
 	// recreated or the database restored), before the first event of the
@@ -74,7 +78,8 @@ type pendingEvent struct {
 
 // notification is the payload the realtime functions send. k is the kind:
 // e (a durable event), r (a durable event too large to carry: read it from
-// the table), c (a segment committed with ids f to f+n-1) or b (ephemeral).
+// the table), c (a segment committed with ids f to f+n-1), b (ephemeral) or
+// p (a sidecar's probe).
 type notification struct {
 	Kind    string          `json:"k"`
 	Segment int64           `json:"s"`
@@ -85,6 +90,7 @@ type notification struct {
 	First   int64           `json:"f"`
 	Count   int64           `json:"n"`
 	Table   int64           `json:"e"`
+	Probe   string          `json:"p"`
 }
 
 // New returns a Relay.
@@ -194,6 +200,10 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 		})
 	case "c":
 		return r.commit(ctx, n)
+	case "p":
+		if r.cfg.Probe != nil {
+			r.cfg.Probe(n.Probe)
+		}
 	case "b":
 		if err := topic.Validate(n.Topic); err != nil {
 			r.log.Error("ephemeral event with an invalid topic, ignored", "err", err)

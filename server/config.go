@@ -39,6 +39,10 @@ type Config struct {
 	SlowGrace     time.Duration
 	WriteTimeout  time.Duration
 
+	// NotifyQueueWarn is the fill level of Postgres' notification queue
+	// (0 to 1) above which the sidecar logs a warning.
+	NotifyQueueWarn float64
+
 	// Migrate applies the embedded migrations at start.
 	Migrate bool
 
@@ -63,6 +67,7 @@ func Defaults() Config {
 		MaxQueueBytes:    256 << 20,
 		SlowGrace:        5 * time.Second,
 		WriteTimeout:     10 * time.Second,
+		NotifyQueueWarn:  0.1,
 		Migrate:          true,
 		Version:          "dev",
 	}
@@ -82,6 +87,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxSubscriptions < 1 {
 		errs = append(errs, fmt.Errorf("--max-subscriptions is %d: it must be at least 1", c.MaxSubscriptions))
+	}
+	if c.NotifyQueueWarn <= 0 || c.NotifyQueueWarn > 1 {
+		errs = append(errs, fmt.Errorf("--notify-queue-warn is %g: it must be above 0 and at most 1", c.NotifyQueueWarn))
 	}
 	if c.MaxEventBytes < 1024 {
 		errs = append(errs, fmt.Errorf("--max-event-bytes is %d: it must be at least 1024", c.MaxEventBytes))

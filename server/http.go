@@ -1,11 +1,14 @@
 package server
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 
 	"net/http"
 	"strings"
@@ -114,6 +117,8 @@ type readiness struct {
 	Draining bool          `json:"draining"`
 	Epoch    string        `json:"epoch,omitempty"`
 	Listener listenerState `json:"listener"`
+	// NotifyQueueUsage is pg_notification_queue_usage(), sampled every 5 s.
+	NotifyQueueUsage float64 `json:"notify_queue_usage"`
 }
 
 type listenerState struct {
@@ -134,6 +139,8 @@ func (s *Server) readyz(c echo.Context) error {
 		Draining: s.draining.Load(),
 		Epoch:    s.epoch(),
 		Listener: listenerState{Connected: st.Connected, Since: st.Since, LastError: st.LastError, Reconnects: st.Reconnects},
+
+		NotifyQueueUsage: math.Float64frombits(s.notifyQueue.Load()),
 	}
 	outage := !st.Connected && time.Since(st.Since) > s.cfg.UnreadyAfter
 	r.Ready = r.Started && !r.Draining && !outage
@@ -212,7 +219,13 @@ func (s *Server) publishHTTP(c echo.Context) error {
 		pubs[i] = store.Publication{Topic: *it.Topic, Data: it.Data, Durable: it.Durable == nil || *it.Durable}
 	}
 
-	ids, err := s.store.PublishAll(c.Request().Context(), pubs)
+	key := c.Request().Header.Get("Idempotency-Key")
+	if err := checkIdempotencyKey(key); err != nil {
+		return apiError(c, http.StatusBadRequest, "invalid_idempotency_key", err.Error())
+	}
+	sum := sha256.Sum256(body)
+
+	ids, err := s.store.PublishIdempotent(c.Request().Context(), pubs, key, hex.EncodeToString(sum[:]))
 	if err != nil {
 		return s.publishFailed(c, err)
 	}
@@ -238,6 +251,8 @@ func (s *Server) publishFailed(c echo.Context, err error) error {
 		return apiError(c, http.StatusRequestEntityTooLarge, "event_too_large", strings.TrimPrefix(err.Error(), "event too large: "))
 	case errors.Is(err, store.ErrInvalid):
 		return apiError(c, http.StatusBadRequest, "invalid_event", strings.TrimPrefix(err.Error(), "invalid event: "))
+	case errors.Is(err, store.ErrKeyReused):
+		return apiError(c, http.StatusUnprocessableEntity, "idempotency_key_reused", strings.TrimPrefix(err.Error(), store.ErrKeyReused.Error()+": ")+": use a new Idempotency-Key for a new request")
 	case errors.Is(err, store.ErrRejected):
 		s.log.Error("publish rejected by Postgres", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
 		return apiError(c, http.StatusInternalServerError, "database_error", "Postgres rejected the publish; the sidecar's log has the details (search for the request id)")
@@ -268,4 +283,18 @@ func describeJSONError(err error) string {
 		return fmt.Sprintf("a JSON %s is not allowed here: %s", typeErr.Value, shape)
 	}
 	return "the body is not valid JSON: " + shape
+}
+
+// checkIdempotencyKey accepts an empty key (none given) or 1 to 255
+// printable ASCII characters.
+func checkIdempotencyKey(key string) error {
+	if len(key) > 255 {
+		return fmt.Errorf("Idempotency-Key is %d bytes, over the limit of 255", len(key))
+	}
+	for i := 0; i < len(key); i++ {
+		if key[i] < 0x21 || key[i] > 0x7e {
+			return fmt.Errorf("Idempotency-Key has a character outside printable ASCII at byte %d: use letters, digits and punctuation, such as a UUID", i)
+		}
+	}
+	return nil
 }

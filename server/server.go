@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net"
 	"net/http"
 	"sync"
@@ -46,9 +47,10 @@ type Server struct {
 	// ctx is the server's lifetime; websocket sessions derive theirs from it.
 	ctx context.Context
 
-	epochValue atomic.Pointer[string]
-	started    atomic.Bool // migrations applied and the first LISTEN is up
-	draining   atomic.Bool
+	epochValue  atomic.Pointer[string]
+	notifyQueue atomic.Uint64 // float64 bits of pg_notification_queue_usage()
+	started     atomic.Bool   // migrations applied and the first LISTEN is up
+	draining    atomic.Bool
 
 	handler http.Handler
 }
@@ -200,9 +202,16 @@ func (s *Server) start(ctx context.Context) {
 	}
 	s.hub.SetWatermark(last)
 
+	probes := make(chan string, 16)
 	r := relay.New(relay.Config{
 		Store: s.store,
-		Last:  last,
+		Probe: func(token string) {
+			select {
+			case probes <- token:
+			default:
+			}
+		},
+		Last: last,
 		Deliver: func(ev store.Event) {
 			s.hub.Publish(hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS})
 		},
@@ -226,10 +235,14 @@ func (s *Server) start(ctx context.Context) {
 	})
 	wg.Go(func() { s.retain(ctx) })
 
+	wg.Go(func() { s.watchNotifyQueue(ctx) })
+
 	select {
 	case <-s.listener.Ready():
-		s.started.Store(true)
-		s.log.Info("ready", "epoch", s.epoch(), "head", last)
+		if s.probeUntilHeard(ctx, probes) {
+			s.started.Store(true)
+			s.log.Info("ready", "epoch", s.epoch(), "head", last)
+		}
 	case <-ctx.Done():
 	}
 	wg.Wait()
@@ -288,8 +301,89 @@ func (s *Server) retain(ctx context.Context) {
 		case n > 0:
 			s.log.Info("expired events deleted", "transactions", n, "cutoff", cutoff)
 		}
+		if _, err := s.store.PurgeKeys(ctx, cutoff, 1000); err != nil && ctx.Err() == nil {
+			s.log.Warn("deleting expired idempotency keys failed", "err", err)
+		}
 
 		s.refreshEpoch(ctx)
+
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// probeUntilHeard sends a NOTIFY through the query pool and waits for the
+// LISTEN connection to hear it, retrying until it does or ctx ends. Through
+// a transaction pooler, or with --listen-database-url naming another
+// database, LISTEN hears nothing, and the instance must not report ready.
+func (s *Server) probeUntilHeard(ctx context.Context, heard <-chan string) bool {
+	const wait = 10 * time.Second
+	for attempt := 1; ; attempt++ {
+		token := newClientID()
+		payload := `{"k":"p","p":"` + token + `"}`
+		if _, err := s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", store.Channel, payload); err != nil {
+			if ctx.Err() != nil {
+				return false
+			}
+			s.log.Warn("sending the start-up probe notification failed, retrying", "attempt", attempt, "err", err)
+		} else if s.awaitProbe(ctx, heard, token, wait) {
+			return true
+		} else if ctx.Err() == nil {
+			s.log.Error("the LISTEN connection did not receive a NOTIFY sent through the query pool; not ready. "+
+				"LISTEN needs a session on the same database: point --listen-database-url at the database directly, not through a transaction pooler",
+				"attempt", attempt, "waited", wait)
+		}
+
+		select {
+		case <-ctx.Done():
+			return false
+		case <-time.After(time.Second):
+		}
+	}
+}
+
+func (s *Server) awaitProbe(ctx context.Context, heard <-chan string, token string, wait time.Duration) bool {
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	for {
+		select {
+		case got := <-heard:
+			if got == token {
+				return true
+			}
+		case <-timer.C:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
+}
+
+// watchNotifyQueue samples how full the server's notification queue is.
+// The sidecar reads its LISTEN connection without waiting for clients, so
+// a growing queue points at another listener that stopped reading, or at a
+// sidecar that cannot keep up.
+func (s *Server) watchNotifyQueue(ctx context.Context) {
+	tick := time.NewTicker(5 * time.Second)
+	defer tick.Stop()
+	above := false
+	for {
+		var usage float64
+		err := s.pool.QueryRow(ctx, "SELECT pg_notification_queue_usage()").Scan(&usage)
+		if err == nil {
+			s.notifyQueue.Store(math.Float64bits(usage))
+			switch {
+			case usage >= s.cfg.NotifyQueueWarn && !above:
+				above = true
+				s.log.Warn("Postgres' notification queue is filling up: a session that LISTENs is not reading", "usage", usage, "threshold", s.cfg.NotifyQueueWarn)
+			case usage < s.cfg.NotifyQueueWarn/2 && above:
+				above = false
+				s.log.Info("Postgres' notification queue has drained", "usage", usage)
+			}
+		}
 
 		select {
 		case <-ctx.Done():

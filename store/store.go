@@ -41,6 +41,8 @@ var (
 	// ErrRejected means Postgres answered with an error that is neither of
 	// the above, such as a missing schema or a permission denied.
 	ErrRejected = errors.New("postgres rejected the publish")
+	// ErrKeyReused means an idempotency key came again with another request.
+	ErrKeyReused = errors.New("idempotency key reused")
 	// ErrTooMany means a replay would return more events than its limit.
 	ErrTooMany = errors.New("too many events to replay")
 )
@@ -145,46 +147,141 @@ func (s *Store) Broadcast(ctx context.Context, topic string, data json.RawMessag
 // PublishAll publishes every event in one transaction: all or none. It
 // returns the id of each durable event, and 0 for each ephemeral one.
 func (s *Store) PublishAll(ctx context.Context, pubs []Publication) ([]int64, error) {
-	type ref struct {
-		segment int64
-		ord     int32
-	}
-	refs := make([]ref, len(pubs))
+	return s.PublishIdempotent(ctx, pubs, "", "")
+}
+
+// PublishIdempotent is PublishAll with an idempotency key: the first call
+// with a key publishes and records the key in the same transaction; a later
+// call with the same key and bodyHash publishes nothing and returns the
+// first call's ids. A later call with another bodyHash fails with
+// ErrKeyReused. A concurrent call with the same key waits for the first to
+// commit or roll back. An empty key publishes without recording anything.
+func (s *Store) PublishIdempotent(ctx context.Context, pubs []Publication, key, bodyHash string) ([]int64, error) {
+	var refs []segmentRef
+	var replayed bool
 
 	err := pgx.BeginFunc(ctx, s.pool, func(tx pgx.Tx) error {
-		batch := &pgx.Batch{}
-		for i, p := range pubs {
-			if !p.Durable {
-				batch.Queue("SELECT realtime.broadcast($1, $2)", p.Topic, string(p.Data))
-				continue
+		if key != "" {
+			stored, found, err := claimKey(ctx, tx, key, bodyHash)
+			if err != nil || found {
+				refs, replayed = stored, found
+				return err
 			}
-			batch.Queue("SELECT segment, ord FROM realtime.publish_event($1, $2)", p.Topic, string(p.Data)).
-				QueryRow(func(row pgx.Row) error {
-					return row.Scan(&refs[i].segment, &refs[i].ord)
-				})
 		}
-		return tx.SendBatch(ctx, batch).Close()
+
+		var err error
+		if refs, err = publishBatch(ctx, tx, pubs); err != nil {
+			return err
+		}
+		if key != "" {
+			if _, err := tx.Exec(ctx, "UPDATE realtime.idempotency_keys SET refs = $2 WHERE key = $1", key, refs); err != nil {
+				return fmt.Errorf("record idempotency key: %w", err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
+		if errors.Is(err, ErrKeyReused) {
+			return nil, err
+		}
 		return nil, classify(err)
 	}
+	if replayed && len(refs) != len(pubs) {
+		return nil, fmt.Errorf("%w: the first request with this key had %d events, this one has %d", ErrKeyReused, len(refs), len(pubs))
+	}
+	return s.ids(ctx, refs)
+}
 
-	ids := make([]int64, len(pubs))
-	firsts := map[int64]int64{}
+// segmentRef locates a durable event before its id is known; a nil
+// reference stands for an ephemeral event. It is stored as [segment, ord].
+type segmentRef []int64
+
+// claimKey inserts the key, or returns the references stored with it by an
+// earlier request.
+func claimKey(ctx context.Context, tx pgx.Tx, key, bodyHash string) ([]segmentRef, bool, error) {
+	tag, err := tx.Exec(ctx, `
+		INSERT INTO realtime.idempotency_keys (key, body_hash, refs) VALUES ($1, $2, '[]')
+		ON CONFLICT (key) DO NOTHING`, key, bodyHash)
+	if err != nil {
+		return nil, false, fmt.Errorf("claim idempotency key: %w", err)
+	}
+	if tag.RowsAffected() == 1 {
+		return nil, false, nil
+	}
+
+	var storedHash string
+	var refs []segmentRef
+	err = tx.QueryRow(ctx, "SELECT body_hash, refs FROM realtime.idempotency_keys WHERE key = $1", key).Scan(&storedHash, &refs)
+	if err != nil {
+		return nil, false, fmt.Errorf("read idempotency key: %w", err)
+	}
+	if storedHash != bodyHash {
+		return nil, false, fmt.Errorf("%w: it was first used with another request body", ErrKeyReused)
+	}
+	return refs, true, nil
+}
+
+func publishBatch(ctx context.Context, tx pgx.Tx, pubs []Publication) ([]segmentRef, error) {
+	refs := make([]segmentRef, len(pubs))
+	batch := &pgx.Batch{}
 	for i, p := range pubs {
 		if !p.Durable {
+			batch.Queue("SELECT realtime.broadcast($1, $2)", p.Topic, string(p.Data))
 			continue
 		}
-		first, ok := firsts[refs[i].segment]
+		batch.Queue("SELECT segment, ord FROM realtime.publish_event($1, $2)", p.Topic, string(p.Data)).
+			QueryRow(func(row pgx.Row) error {
+				var segment int64
+				var ord int32
+				if err := row.Scan(&segment, &ord); err != nil {
+					return err
+				}
+				refs[i] = segmentRef{segment, int64(ord)}
+				return nil
+			})
+	}
+	if err := tx.SendBatch(ctx, batch).Close(); err != nil {
+		return nil, err
+	}
+	return refs, nil
+}
+
+// ids turns committed references into ids.
+func (s *Store) ids(ctx context.Context, refs []segmentRef) ([]int64, error) {
+	ids := make([]int64, len(refs))
+	firsts := map[int64]int64{}
+	for i, ref := range refs {
+		if len(ref) != 2 {
+			continue
+		}
+		first, ok := firsts[ref[0]]
 		if !ok {
-			if first, err = s.firstID(ctx, s.pool, refs[i].segment); err != nil {
+			var err error
+			if first, err = s.firstID(ctx, s.pool, ref[0]); err != nil {
 				return nil, err
 			}
-			firsts[refs[i].segment] = first
+			firsts[ref[0]] = first
 		}
-		ids[i] = first + int64(refs[i].ord)
+		ids[i] = first + ref[1]
 	}
 	return ids, nil
+}
+
+// PurgeKeys deletes idempotency keys recorded before cutoff, in batches.
+func (s *Store) PurgeKeys(ctx context.Context, cutoff time.Time, batch int) (int, error) {
+	total := 0
+	for {
+		tag, err := s.pool.Exec(ctx, `
+			DELETE FROM realtime.idempotency_keys WHERE key IN (
+				SELECT key FROM realtime.idempotency_keys WHERE created_at < $1 LIMIT $2)`, cutoff, batch)
+		if err != nil {
+			return total, fmt.Errorf("purge idempotency keys: %w", err)
+		}
+		total += int(tag.RowsAffected())
+		if tag.RowsAffected() < int64(batch) {
+			return total, nil
+		}
+	}
 }
 
 type querier interface {

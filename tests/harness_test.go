@@ -251,3 +251,22 @@ func decodeRow(t testing.TB, ev client.Event) rowChange {
 }
 
 var _ = fmt.Sprint
+
+// newTestServer serves srv on a loopback port until the test ends and
+// returns its base URL. Unlike startSidecar it does not wait for readiness.
+func newTestServer(t testing.TB, srv *server.Server) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := srv.Serve(ctx, ln); err != nil {
+			t.Errorf("Serve: %v", err)
+		}
+	})
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	return "http://" + ln.Addr().String()
+}

@@ -119,6 +119,8 @@ func serverFlags(f *envFlags, cfg *server.Config) (logFormat, logLevel *string) 
 	num(&cfg.MaxQueueBytes, "client-max-queue-bytes", "SIDECAR_CLIENT_MAX_QUEUE_BYTES", "outbound bytes beyond which a client is closed as too slow at once")
 	dur(&cfg.SlowGrace, "slow-client-grace", "SIDECAR_SLOW_CLIENT_GRACE", "how long a client's queue may stay above --client-queue-bytes")
 	dur(&cfg.WriteTimeout, "write-timeout", "SIDECAR_WRITE_TIMEOUT", "longest one websocket write may block")
+	fs.Float64Var(&cfg.NotifyQueueWarn, "notify-queue-warn", cfg.NotifyQueueWarn, "fill level of Postgres' notification queue (0 to 1) above which a warning is logged")
+	f.bind("notify-queue-warn", "SIDECAR_NOTIFY_QUEUE_WARN")
 	fs.BoolVar(&cfg.Migrate, "migrate", cfg.Migrate, "apply the embedded migrations at start")
 	f.bind("migrate", "SIDECAR_MIGRATE")
 
