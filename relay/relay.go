@@ -85,7 +85,7 @@ type notification struct {
 	Segment int64           `json:"s"`
 	Ord     int32           `json:"o"`
 	Topic   string          `json:"t"`
-	TS      string          `json:"ts"`
+	Micros  int64           `json:"u"` // ts in microseconds since 1970
 	Data    json.RawMessage `json:"d"`
 	First   int64           `json:"f"`
 	Count   int64           `json:"n"`
@@ -196,7 +196,7 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 		r.pending[n.Segment] = append(r.pending[n.Segment], pendingEvent{
 			ord:   n.Ord,
 			ref:   n.Kind == "r",
-			event: store.Event{Topic: n.Topic, Data: n.Data, TS: n.TS},
+			event: store.Event{Topic: n.Topic, Data: n.Data, TS: formatMicros(n.Micros)},
 		})
 	case "c":
 		return r.commit(ctx, n)
@@ -209,7 +209,7 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 			r.log.Error("ephemeral event with an invalid topic, ignored", "err", err)
 			return nil
 		}
-		ev := store.Event{Topic: n.Topic, Data: n.Data, TS: n.TS}
+		ev := store.Event{Topic: n.Topic, Data: n.Data, TS: formatMicros(n.Micros)}
 		// A transaction's notifications arrive together, so an open
 		// segment belongs to the same transaction as this broadcast.
 		for seg, held := range r.pending {
@@ -366,6 +366,10 @@ func (r *Relay) deliverChannel(channel, payload string) {
 		Data:  data,
 		TS:    r.cfg.Now().UTC().Format(store.TimeLayout),
 	})
+}
+
+func formatMicros(us int64) string {
+	return time.UnixMicro(us).UTC().Format(store.TimeLayout)
 }
 
 func sleep(ctx context.Context, d time.Duration) bool {

@@ -79,8 +79,8 @@ func handle(t *testing.T, r *Relay, evs ...listen.Event) {
 func TestCommitGivesIDsInOrder(t *testing.T) {
 	r, rec := newRelay(&fakeLog{}, 0)
 	handle(t, r,
-		note(t, map[string]any{"k": "e", "s": 7, "o": 0, "t": "a", "ts": "T", "d": 1}),
-		note(t, map[string]any{"k": "e", "s": 7, "o": 1, "t": "b", "ts": "T", "d": 2}),
+		note(t, map[string]any{"k": "e", "s": 7, "o": 0, "t": "a", "d": 1}),
+		note(t, map[string]any{"k": "e", "s": 7, "o": 1, "t": "b", "d": 2}),
 		note(t, map[string]any{"k": "c", "s": 7, "f": 10, "n": 2}),
 	)
 	if diff := cmp.Diff(rec.got, []string{"10 a 1", "11 b 2"}); diff != "" {
@@ -98,7 +98,7 @@ func TestReferenceReadFromTable(t *testing.T) {
 	}
 	r, rec := newRelay(log, 0)
 	handle(t, r,
-		note(t, map[string]any{"k": "e", "s": 3, "o": 0, "t": "a", "ts": "T", "d": "small"}),
+		note(t, map[string]any{"k": "e", "s": 3, "o": 0, "t": "a", "d": "small"}),
 		note(t, map[string]any{"k": "r", "s": 3, "o": 1, "t": "big"}),
 		note(t, map[string]any{"k": "c", "s": 3, "f": 20, "n": 2}),
 	)
@@ -115,7 +115,7 @@ func TestIncompleteSegmentReadWhole(t *testing.T) {
 	r, rec := newRelay(log, 0)
 	// The notification of ordinal 0 was lost (dropped by the listener).
 	handle(t, r,
-		note(t, map[string]any{"k": "e", "s": 9, "o": 1, "t": "x", "ts": "T", "d": 1}),
+		note(t, map[string]any{"k": "e", "s": 9, "o": 1, "t": "x", "d": 1}),
 		note(t, map[string]any{"k": "c", "s": 9, "f": 5, "n": 2}),
 	)
 	if diff := cmp.Diff(rec.got, []string{"5 x 0", "6 x 1"}); diff != "" {
@@ -137,9 +137,9 @@ func TestResyncCatchesUpWithoutDuplicates(t *testing.T) {
 
 	// The new connection then receives a segment the catch-up already read.
 	handle(t, r,
-		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "t", "ts": "T", "d": 2500}),
+		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "t", "d": 2500}),
 		note(t, map[string]any{"k": "c", "s": 1, "f": 2500, "n": 1}),
-		note(t, map[string]any{"k": "e", "s": 2, "o": 0, "t": "t", "ts": "T", "d": 2501}),
+		note(t, map[string]any{"k": "e", "s": 2, "o": 0, "t": "t", "d": 2501}),
 		note(t, map[string]any{"k": "c", "s": 2, "f": 2501, "n": 1}),
 	)
 	if len(rec.got) != 501 || rec.got[500] != "2501 t 2501" {
@@ -150,7 +150,7 @@ func TestResyncCatchesUpWithoutDuplicates(t *testing.T) {
 func TestEphemeralAndChannelEvents(t *testing.T) {
 	r, rec := newRelay(&fakeLog{}, 0)
 	handle(t, r,
-		note(t, map[string]any{"k": "b", "n": 0, "t": "typing", "ts": "T", "d": map[string]int{"x": 1}}),
+		note(t, map[string]any{"k": "b", "n": 0, "t": "typing", "d": map[string]int{"x": 1}}),
 		listen.Event{Kind: listen.Notification, Channel: "Legacy.Jobs", Payload: `{"job": 1}`},
 		listen.Event{Kind: listen.Notification, Channel: "plain", Payload: `not json`},
 		listen.Event{Kind: listen.Notification, Channel: store.Channel, Payload: `{garbage`},
@@ -164,9 +164,9 @@ func TestEphemeralAndChannelEvents(t *testing.T) {
 func TestBroadcastWaitsForItsTransaction(t *testing.T) {
 	r, rec := newRelay(&fakeLog{}, 0)
 	handle(t, r,
-		note(t, map[string]any{"k": "e", "s": 4, "o": 0, "t": "one", "ts": "T", "d": 1}),
-		note(t, map[string]any{"k": "b", "n": 0, "t": "two", "ts": "T", "d": 2}),
-		note(t, map[string]any{"k": "e", "s": 4, "o": 1, "t": "three", "ts": "T", "d": 3}),
+		note(t, map[string]any{"k": "e", "s": 4, "o": 0, "t": "one", "d": 1}),
+		note(t, map[string]any{"k": "b", "n": 0, "t": "two", "d": 2}),
+		note(t, map[string]any{"k": "e", "s": 4, "o": 1, "t": "three", "d": 3}),
 		note(t, map[string]any{"k": "c", "s": 4, "f": 30, "n": 2}),
 	)
 	if diff := cmp.Diff(rec.got, []string{"30 one 1", "0 two 2", "31 three 3"}); diff != "" {
@@ -179,10 +179,10 @@ func TestNewEventsTableStartsNewIDSpace(t *testing.T) {
 	rec := &recorder{}
 	r := New(Config{Store: &fakeLog{}, Deliver: rec.deliver, NewIDSpace: func(last int64) { reset = append(reset, last) }})
 	handle(t, r,
-		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "a", "ts": "T", "d": 1}),
+		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "a", "d": 1}),
 		note(t, map[string]any{"k": "c", "s": 1, "f": 500, "n": 1, "e": 16384}),
 		// The schema was recreated: a new table, and ids from 1 again.
-		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "b", "ts": "T", "d": 2}),
+		note(t, map[string]any{"k": "e", "s": 1, "o": 0, "t": "b", "d": 2}),
 		note(t, map[string]any{"k": "c", "s": 1, "f": 1, "n": 1, "e": 16999}),
 	)
 	if diff := cmp.Diff(rec.got, []string{"500 a 1", "1 b 2"}); diff != "" {
@@ -190,5 +190,14 @@ func TestNewEventsTableStartsNewIDSpace(t *testing.T) {
 	}
 	if diff := cmp.Diff(reset, []int64{0}); diff != "" {
 		t.Fatalf("NewIDSpace calls (-got +want):\n%s", diff)
+	}
+}
+
+func TestTimestampFromMicroseconds(t *testing.T) {
+	var got []store.Event
+	r := New(Config{Store: &fakeLog{}, Deliver: func(ev store.Event) { got = append(got, ev) }})
+	handle(t, r, note(t, map[string]any{"k": "b", "n": 0, "t": "x", "u": 1796418449123456, "d": 1}))
+	if len(got) != 1 || got[0].TS != "2026-12-04T21:07:29.123456Z" {
+		t.Fatalf("ts = %+v, want 2026-12-04T21:07:29.123456Z", got)
 	}
 }

@@ -67,13 +67,6 @@ CREATE TABLE realtime.events (
 );
 
 -- +goose StatementBegin
-CREATE FUNCTION realtime.format_ts(t timestamptz) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
-    SELECT to_char(t AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')
-$$;
--- +goose StatementEnd
-
--- +goose StatementBegin
 CREATE FUNCTION realtime.check_topic(topic text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE AS $$
 BEGIN
@@ -89,27 +82,34 @@ $$;
 -- +goose StatementBegin
 -- publish_event stores one durable event and returns where it sits in its
 -- segment; the sidecar uses the pair to learn the event's id after commit.
--- check_size is false only for the row-change trigger, which has already
--- made its data fit.
-CREATE FUNCTION realtime.publish_event(topic text, data jsonb, check_size boolean DEFAULT true,
+-- trusted is true only for the row-change trigger, whose topic is valid by
+-- construction and whose data already fits; it passes the data's text too,
+-- so that the JSON is rendered once.
+--
+-- The notification carries the event when it fits in one NOTIFY, with ts
+-- as microseconds since 1970 ("u"); topics need no JSON escaping because
+-- the grammar has no character that JSON escapes.
+CREATE FUNCTION realtime.publish_event(topic text, data jsonb, trusted boolean DEFAULT false, data_text text DEFAULT NULL,
                                        OUT segment bigint, OUT ord integer)
 LANGUAGE plpgsql AS $$
 DECLARE
     state   text := current_setting('realtime.segment', true);
     max     integer;
-    size    integer;
     ts      timestamptz := clock_timestamp();
     payload text;
 BEGIN
-    PERFORM realtime.check_topic(topic);
     IF data IS NULL THEN
         data := 'null'::jsonb;
+        data_text := 'null';
     END IF;
-    IF check_size THEN
+    IF data_text IS NULL THEN
+        data_text := data::text;
+    END IF;
+    IF NOT trusted THEN
+        PERFORM realtime.check_topic(topic);
         SELECT s.max_event_bytes INTO max FROM realtime.settings s;
-        size := octet_length(data::text);
-        IF size > max THEN
-            RAISE EXCEPTION 'event data for topic % is % bytes, over the maximum event size of % bytes', topic, size, max
+        IF octet_length(data_text) > max THEN
+            RAISE EXCEPTION 'event data for topic % is % bytes, over the maximum event size of % bytes', topic, octet_length(data_text), max
                 USING ERRCODE = 'program_limit_exceeded',
                       HINT = 'Publish a smaller event or raise the sidecar''s --max-event-bytes.';
         END IF;
@@ -127,11 +127,14 @@ BEGIN
     VALUES (segment, ord, topic, data, ts);
     PERFORM set_config('realtime.segment', segment || ':' || (ord + 1), true);
 
-    payload := json_build_object('k', 'e', 's', segment, 'o', ord, 't', topic,
-                                 'ts', realtime.format_ts(ts), 'd', data)::text;
-    IF octet_length(payload) > 7999 THEN
+    IF octet_length(data_text) + octet_length(topic) < 7900 THEN
+        payload := '{"k":"e","s":' || segment || ',"o":' || ord
+                   || ',"u":' || (extract(epoch FROM ts) * 1000000)::bigint
+                   || ',"t":"' || topic || '","d":' || data_text || '}';
+    END IF;
+    IF payload IS NULL OR octet_length(payload) > 7999 THEN
         -- Too large for one NOTIFY: the sidecar reads the event from the table.
-        payload := json_build_object('k', 'r', 's', segment, 'o', ord, 't', topic)::text;
+        payload := '{"k":"r","s":' || segment || ',"o":' || ord || ',"t":"' || topic || '"}';
     END IF;
     PERFORM pg_notify('realtime_events', payload);
 
@@ -203,9 +206,8 @@ BEGIN
     PERFORM realtime.check_topic(topic);
     -- The sequence number keeps two identical broadcasts of one transaction
     -- apart, since Postgres folds identical notifications into one.
-    payload := json_build_object('k', 'b', 'n', n, 't', topic,
-                                 'ts', realtime.format_ts(clock_timestamp()),
-                                 'd', coalesce(data, 'null'::jsonb))::text;
+    payload := '{"k":"b","n":' || n || ',"u":' || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+               || ',"t":"' || topic || '","d":' || coalesce(data, 'null'::jsonb)::text || '}';
     IF octet_length(payload) > 7999 THEN
         RAISE EXCEPTION 'ephemeral event for topic % is % bytes as a NOTIFY payload, over the limit of 7999 bytes', topic, octet_length(payload)
             USING ERRCODE = 'program_limit_exceeded',
@@ -232,12 +234,13 @@ $$;
 CREATE FUNCTION realtime.notify_changes() RETURNS trigger
 LANGUAGE plpgsql AS $$
 DECLARE
-    topic    text := 'db.' || realtime.sanitize(TG_TABLE_SCHEMA) || '.' || realtime.sanitize(TG_TABLE_NAME);
-    new_row  jsonb;
-    old_row  jsonb;
-    data     jsonb;
-    max      integer;
-    key_cols text[];
+    topic     text := 'db.' || realtime.sanitize(TG_TABLE_SCHEMA) || '.' || realtime.sanitize(TG_TABLE_NAME);
+    new_row   jsonb;
+    old_row   jsonb;
+    data      jsonb;
+    max       integer;
+    data_text text;
+    key_cols  text[];
 BEGIN
     IF TG_LEVEL <> 'ROW' OR TG_WHEN <> 'AFTER' THEN
         RAISE EXCEPTION 'realtime.notify_changes() must be an AFTER ... FOR EACH ROW trigger (table %.%)', TG_TABLE_SCHEMA, TG_TABLE_NAME;
@@ -252,7 +255,8 @@ BEGIN
                                'new', new_row, 'old', old_row);
 
     SELECT s.max_event_bytes INTO max FROM realtime.settings s;
-    IF octet_length(data::text) > max THEN
+    data_text := data::text;
+    IF octet_length(data_text) > max THEN
         SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO key_cols
           FROM pg_index i
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
@@ -268,9 +272,10 @@ BEGIN
             data := jsonb_build_object('op', TG_OP, 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
                                        'new', NULL, 'old', NULL, 'truncated', true);
         END IF;
+        data_text := data::text;
     END IF;
 
-    PERFORM realtime.publish_event(topic, data, false);
+    PERFORM realtime.publish_event(topic, data, true, data_text);
     RETURN NULL;
 END
 $$;
@@ -337,9 +342,8 @@ DROP TABLE realtime.events;
 DROP TABLE realtime.transactions;
 DROP FUNCTION realtime.assign_ids();
 DROP FUNCTION realtime.publish(text, jsonb);
-DROP FUNCTION realtime.publish_event(text, jsonb, boolean);
+DROP FUNCTION realtime.publish_event(text, jsonb, boolean, text);
 DROP FUNCTION realtime.check_topic(text);
-DROP FUNCTION realtime.format_ts(timestamptz);
 DROP SEQUENCE realtime.event_id_seq;
 DROP SEQUENCE realtime.segment_seq;
 DROP TABLE realtime.settings;
