@@ -13,7 +13,8 @@ import (
 )
 
 // TestConcurrentWritersResumeExactly has writers publish and commit in
-// random order, some rolling back, and checks that the live stream has
+// random order, some rolling back, one committing 2,000 events at a time,
+// and checks that the live stream has
 // increasing ids with exactly the committed events, and that resuming after
 // any seen id yields exactly the rest.
 func TestConcurrentWritersResumeExactly(t *testing.T) {
@@ -64,6 +65,36 @@ func TestConcurrentWritersResumeExactly(t *testing.T) {
 			}
 		})
 	}
+	// Beside them, a writer of large transactions, one of them rolled back.
+	bulk := connect(t, db)
+	wg.Go(func() {
+		ctx := context.Background()
+		for n := range 3 {
+			tx, err := bulk.Begin(ctx)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			_, err = tx.Exec(ctx, `SELECT realtime.publish('w.bulk', to_jsonb(format('bulk-t%s-e%s', $1::int, i))) FROM generate_series(1, 2000) i`, n)
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if n == 1 {
+				_ = tx.Rollback(ctx)
+				continue
+			}
+			if err := tx.Commit(ctx); err != nil {
+				t.Error(err)
+				return
+			}
+			mu.Lock()
+			for i := 1; i <= 2000; i++ {
+				committed[fmt.Sprintf(`"bulk-t%d-e%d"`, n, i)] = true
+			}
+			mu.Unlock()
+		}
+	})
 	wg.Wait()
 	if t.Failed() {
 		return
