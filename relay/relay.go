@@ -27,6 +27,7 @@ const CatchUpPage = 1000
 type Reader interface {
 	Segment(ctx context.Context, segment int64, ords []int32) ([]store.Event, error)
 	After(ctx context.Context, after int64, limit int) ([]store.Event, error)
+	Head(ctx context.Context) (int64, error)
 }
 
 // Config configures a Relay.
@@ -153,6 +154,7 @@ func (r *Relay) catchUp(ctx context.Context) error {
 	clear(r.pending)
 
 	delay := 100 * time.Millisecond
+	r.checkHead(ctx)
 	total := 0
 	for {
 		page, err := r.cfg.Store.After(ctx, r.last, CatchUpPage)
@@ -180,6 +182,21 @@ func (r *Relay) catchUp(ctx context.Context) error {
 	r.caughtUp += int64(total)
 	r.log.Info("caught up after listener (re)connect", "events", total, "last_id", r.last)
 	return nil
+}
+
+// checkHead notices a database whose newest id is below the last one
+// delivered: a standby promoted after losing commits, or a restored backup.
+// Its ids will be issued again, so they are a new id space.
+func (r *Relay) checkHead(ctx context.Context) {
+	head, err := r.cfg.Store.Head(ctx)
+	if err != nil || head >= r.last {
+		return
+	}
+	r.log.Warn("the database's newest id is below the last one delivered: ids start again from it", "head", head, "last_id", r.last)
+	r.last = head
+	if r.cfg.NewIDSpace != nil {
+		r.cfg.NewIDSpace(head)
+	}
 }
 
 func (r *Relay) handleRealtime(ctx context.Context, payload string) error {

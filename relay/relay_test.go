@@ -34,6 +34,13 @@ func (f *fakeLog) Segment(_ context.Context, segment int64, ords []int32) ([]sto
 	return out, nil
 }
 
+func (f *fakeLog) Head(context.Context) (int64, error) {
+	if len(f.events) == 0 {
+		return 0, nil
+	}
+	return f.events[len(f.events)-1].ID, nil
+}
+
 func (f *fakeLog) After(_ context.Context, after int64, limit int) ([]store.Event, error) {
 	f.reads++
 	var out []store.Event
@@ -199,5 +206,24 @@ func TestTimestampFromMicroseconds(t *testing.T) {
 	handle(t, r, note(t, map[string]any{"k": "b", "n": 0, "t": "x", "u": 1796418449123456, "d": 1}))
 	if len(got) != 1 || got[0].TS != "2026-12-04T21:07:29.123456Z" {
 		t.Fatalf("ts = %+v, want 2026-12-04T21:07:29.123456Z", got)
+	}
+}
+
+func TestResyncNoticesHeadBelowLast(t *testing.T) {
+	log := &fakeLog{events: []store.Event{{ID: 1, Topic: "t", Data: json.RawMessage(`"after failover"`)}}}
+	var reset []int64
+	rec := &recorder{}
+	r := New(Config{Store: log, Deliver: rec.deliver, Last: 900, NewIDSpace: func(last int64) { reset = append(reset, last) }})
+
+	handle(t, r, listen.Event{Kind: listen.Resync})
+	handle(t, r,
+		note(t, map[string]any{"k": "e", "s": 5, "o": 0, "t": "t", "d": 2}),
+		note(t, map[string]any{"k": "c", "s": 5, "f": 2, "n": 1}),
+	)
+	if diff := cmp.Diff(reset, []int64{1}); diff != "" {
+		t.Fatalf("NewIDSpace calls (-got +want):\n%s", diff)
+	}
+	if diff := cmp.Diff(rec.got, []string{"2 t 2"}); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
 	}
 }
