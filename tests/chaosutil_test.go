@@ -179,11 +179,12 @@ func (p *publisher) Stop() {
 // collector gathers the events of one client across its subscriptions in
 // arrival order, as an application does that resumes after a reconnect.
 type collector struct {
-	head int64 // the first subscription's head: events after it are expected
+	head  int64  // the first subscription's head: events after it are expected
+	epoch string // the first subscription's epoch
 
 	mu     sync.Mutex
 	events []client.Event
-	epoch  string
+	ended  chan struct{} // closed when the followed subscription ends
 }
 
 // newCollector follows sub, the client's first subscription.
@@ -194,18 +195,35 @@ func newCollector(sub *client.Subscription) *collector {
 }
 
 // follow drains sub into the collector until the subscription ends. The
-// returned channel is closed then.
-func (c *collector) follow(sub *client.Subscription) <-chan struct{} {
-	done := make(chan struct{})
+// previous subscription must have ended.
+func (c *collector) follow(sub *client.Subscription) {
+	ended := make(chan struct{})
+	c.mu.Lock()
+	c.ended = ended
+	c.mu.Unlock()
+
 	go func() {
-		defer close(done)
+		defer close(ended)
 		for ev := range sub.Events() {
 			c.mu.Lock()
 			c.events = append(c.events, ev)
 			c.mu.Unlock()
 		}
 	}()
-	return done
+}
+
+// waitEnded waits until the followed subscription has ended, so that no
+// event of it arrives later.
+func (c *collector) waitEnded(t testing.TB) {
+	t.Helper()
+	c.mu.Lock()
+	ended := c.ended
+	c.mu.Unlock()
+	select {
+	case <-ended:
+	case <-time.After(waitLong):
+		t.Fatalf("the subscription did not end within %s", waitLong)
+	}
 }
 
 func (c *collector) count() int {
@@ -307,7 +325,7 @@ func compareDelivery(got []client.Event, want []tableEvent) (delivery, []string)
 // event after its head, then fails the test unless it received every such
 // event exactly once, in id order, and nothing else. It returns the counts
 // for the test's log.
-func checkDelivery(t testing.TB, who string, c *collector, table []tableEvent) delivery {
+func checkDelivery(t testing.TB, subscriber string, c *collector, table []tableEvent) delivery {
 	t.Helper()
 	want := eventsAfter(table, c.head)
 	if len(want) > 0 {
@@ -323,19 +341,21 @@ func checkDelivery(t testing.TB, who string, c *collector, table []tableEvent) d
 	d, notes := compareDelivery(c.received(), want)
 	if d != (delivery{}) {
 		t.Errorf("%s received %d events for %d committed after head %d: %s\n%s",
-			who, c.count(), len(want), c.head, d, strings.Join(notes, "\n"))
+			subscriber, c.count(), len(want), c.head, d, strings.Join(notes, "\n"))
 	}
 	return d
 }
 
-// listenerStatus reads the listener part of /readyz's body.
-func listenerStatus(t testing.TB, sc *sidecar) (connected bool, reconnects int) {
+// listenerStatus reads the listener part of /readyz's body: whether the
+// LISTEN connection is up, and when that last changed.
+func listenerStatus(t testing.TB, sc *sidecar) (connected bool, since time.Time) {
 	t.Helper()
 	_, body := sc.readyz(t)
 	l, _ := body["listener"].(map[string]any)
 	connected, _ = l["connected"].(bool)
-	n, _ := l["reconnects"].(float64)
-	return connected, int(n)
+	s, _ := l["since"].(string)
+	since, _ = time.Parse(time.RFC3339Nano, s)
+	return connected, since
 }
 
 // waitWithin is waitFor with its own bound, for waits that are expected
@@ -369,4 +389,30 @@ func queryFloat(ctx context.Context, conn *pgx.Conn, sql string) (float64, error
 	var v float64
 	err := conn.QueryRow(ctx, sql).Scan(&v)
 	return v, err
+}
+
+func TestCompareDelivery(t *testing.T) {
+	want := []tableEvent{{1, "a", `1`}, {2, "a", `{"k":2}`}, {4, "b", `4`}}
+	ev := func(id int64, topic, data string) client.Event {
+		return client.Event{ID: id, Topic: topic, Data: json.RawMessage(data)}
+	}
+	tests := []struct {
+		name string
+		got  []client.Event
+		want delivery
+	}{
+		{"exact", []client.Event{ev(1, "a", `1`), ev(2, "a", `{"k": 2}`), ev(4, "b", `4`)}, delivery{}},
+		{"missing", []client.Event{ev(1, "a", `1`), ev(4, "b", `4`)}, delivery{Missing: 1}},
+		{"duplicate", []client.Event{ev(1, "a", `1`), ev(2, "a", `{"k":2}`), ev(2, "a", `{"k":2}`), ev(4, "b", `4`)},
+			delivery{Duplicates: 1, OutOfOrder: 1}},
+		{"reordered", []client.Event{ev(2, "a", `{"k":2}`), ev(1, "a", `1`), ev(4, "b", `4`)}, delivery{OutOfOrder: 1}},
+		{"unexpected", []client.Event{ev(1, "a", `1`), ev(2, "a", `{"k":2}`), ev(3, "a", `3`), ev(4, "b", `4`)},
+			delivery{Unexpected: 1}},
+		{"other data", []client.Event{ev(1, "a", `1`), ev(2, "a", `{"k":3}`), ev(4, "c", `4`)}, delivery{WrongData: 2}},
+	}
+	for _, tt := range tests {
+		if got, notes := compareDelivery(tt.got, want); got != tt.want {
+			t.Errorf("%s: compareDelivery = %s, want %s\n%s", tt.name, got, tt.want, strings.Join(notes, "\n"))
+		}
+	}
 }
