@@ -101,6 +101,14 @@ func New(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("--listen-database-url: %w", err)
 	}
 
+	// Name the sessions in pg_stat_activity, unless the URLs already do.
+	if poolCfg.ConnConfig.RuntimeParams["application_name"] == "" {
+		poolCfg.ConnConfig.RuntimeParams["application_name"] = "sidecar"
+	}
+	if listenCfg.RuntimeParams["application_name"] == "" {
+		listenCfg.RuntimeParams["application_name"] = "sidecar-listen"
+	}
+
 	channels := append([]string{store.Channel}, cfg.ListenChannels...)
 	s.listener, err = listen.New(listen.Config{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
