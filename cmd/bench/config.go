@@ -43,7 +43,8 @@ type config struct {
 	HTTPURL     string
 	JWTSecret   string
 	APIKey      string
-	SidecarBin  string // empty: go build ./cmd/sidecar into a temporary directory
+	SidecarBin  string   // empty: go build ./cmd/sidecar into a temporary directory
+	SidecarArgs []string // appended to the started sidecar's command line
 
 	// Both scenarios.
 	Subscribers  int // 0: the scenario's default
@@ -54,6 +55,10 @@ type config struct {
 	Events   int
 	Interval time.Duration
 	Via      string
+
+	// SlowSubscribers stop reading after they subscribe, and count in no
+	// latency or delivery figure.
+	SlowSubscribers int
 
 	// Throughput scenario.
 	Writers  int
@@ -109,6 +114,10 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.StringVar(&cfg.JWTSecret, "jwt-secret", "", "HS256 secret of the running sidecar, to sign client tokens (env "+envJWTSecret+")")
 	fs.StringVar(&cfg.APIKey, "api-key", "", "API key of the running sidecar, for --via http (env "+envAPIKey+")")
 	fs.StringVar(&cfg.SidecarBin, "sidecar-bin", "", "sidecar binary to start; empty builds ./cmd/sidecar with go build")
+	fs.Func("sidecar-flag", "one flag for the started sidecar, such as --sidecar-flag=--slow-client-grace=1s; repeat it for more", func(s string) error {
+		cfg.SidecarArgs = append(cfg.SidecarArgs, s)
+		return nil
+	})
 
 	fs.IntVar(&cfg.Subscribers, "subscribers", 0, fmt.Sprintf("websocket subscribers, one connection each (default %d for latency, %d for throughput)", defaultLatencySubscribers, defaultThroughputSubscribers))
 	fs.IntVar(&cfg.PayloadBytes, "payload-bytes", 100, "approximate size of each event's JSON data in bytes")
@@ -117,6 +126,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&cfg.Events, "events", 200, "latency: events to publish per run")
 	fs.DurationVar(&cfg.Interval, "interval", 20*time.Millisecond, "latency: time between the starts of two publishes")
 	fs.StringVar(&cfg.Via, "via", viaSQL, "latency: publish with sql (SELECT realtime.publish), http (POST /v1/publish) or ws (a websocket publish request)")
+	fs.IntVar(&cfg.SlowSubscribers, "slow-subscribers", 0, "latency: extra subscribers on the same topic that stop reading, to see how they affect the others")
 
 	fs.IntVar(&cfg.Writers, "writers", 4, "throughput: concurrent writers, one Postgres connection each")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "throughput: how long the writers publish per run")
@@ -218,6 +228,8 @@ func (cfg *config) validate() error {
 	check(cfg.Events >= 1 && cfg.Events <= maxEvents, "--events %d: use 1 to %d", cfg.Events, maxEvents)
 	check(cfg.Interval >= 0 && cfg.Interval <= time.Minute, "--interval %s: use 0 to 1m", cfg.Interval)
 	check(cfg.Via == viaSQL || cfg.Via == viaHTTP || cfg.Via == viaWS, "--via %q: use sql, http or ws", cfg.Via)
+	check(cfg.SlowSubscribers >= 0 && cfg.SlowSubscribers <= maxSubscribers, "--slow-subscribers %d: use 0 to %d", cfg.SlowSubscribers, maxSubscribers)
+	check(cfg.SlowSubscribers == 0 || cfg.Scenario == scenarioLatency, "--slow-subscribers is set, but only the latency scenario has slow subscribers")
 	check(cfg.Writers >= 1 && cfg.Writers <= maxWriters, "--writers %d: use 1 to %d", cfg.Writers, maxWriters)
 	check(cfg.Duration > 0 && cfg.Duration <= maxDuration, "--duration %s: use a positive duration up to %s", cfg.Duration, maxDuration)
 	check(cfg.Batch >= 1 && cfg.Batch <= maxBatch, "--batch %d: use 1 to %d", cfg.Batch, maxBatch)
@@ -227,12 +239,40 @@ func (cfg *config) validate() error {
 		check(cfg.JWTSecret != "", "--jwt-secret is missing: it signs the subscribers' tokens for the running sidecar")
 		check(cfg.Via != viaHTTP || cfg.APIKey != "", "--api-key is missing: --via http needs the running sidecar's API key")
 		check(cfg.SidecarBin == "", "--sidecar-bin is set, but --ws-url or --http-url names a running sidecar: give one or the other")
+		check(len(cfg.SidecarArgs) == 0, "--sidecar-flag is set, but --ws-url or --http-url names a running sidecar, which the benchmark does not start")
 		errs = append(errs, checkLoopbackURL("--ws-url", cfg.WSURL), checkLoopbackURL("--http-url", cfg.HTTPURL))
 	}
 	if cfg.DatabaseURL != "" {
 		errs = append(errs, checkLoopbackDatabase(cfg.DatabaseURL))
 	}
+	for _, arg := range cfg.SidecarArgs {
+		errs = append(errs, checkSidecarArg(arg))
+	}
 	return errors.Join(errs...)
+}
+
+// reservedSidecarFlags are the sidecar flags that --sidecar-flag may not
+// set. The benchmark sets the first four itself, and the report's command
+// line would show the password of the last.
+var reservedSidecarFlags = map[string]bool{
+	"addr":                true,
+	"database-url":        true,
+	"jwt-secret":          true,
+	"api-keys":            true,
+	"listen-database-url": true,
+}
+
+// checkSidecarArg accepts one flag for the started sidecar in the form
+// -name=value or -name, with one or two dashes.
+func checkSidecarArg(arg string) error {
+	name, _, _ := strings.Cut(strings.TrimPrefix(strings.TrimPrefix(arg, "-"), "-"), "=")
+	switch {
+	case !strings.HasPrefix(arg, "-") || name == "" || strings.HasPrefix(name, "-"):
+		return fmt.Errorf("--sidecar-flag %q: give one sidecar flag with its value, such as --sidecar-flag=--slow-client-grace=1s", arg)
+	case reservedSidecarFlags[name]:
+		return fmt.Errorf("--sidecar-flag %q: --addr, --database-url, --jwt-secret, --api-keys and --listen-database-url cannot be passed to the sidecar this way", arg)
+	}
+	return nil
 }
 
 // checkLoopbackURL rejects a URL whose host is not on this machine,

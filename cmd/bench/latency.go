@@ -28,18 +28,30 @@ type latencyRun struct {
 
 	OutOfOrder       int64    `json:"out_of_order"`
 	SubscriberErrors []string `json:"subscriber_errors,omitempty"`
+
+	// Slow subscribers count in none of the figures above. SlowEnds
+	// counts how their connections ended, by close code such as "1013",
+	// slowEndNoCode or slowEndOpen.
+	SlowSubscribers int            `json:"slow_subscribers,omitempty"`
+	SlowEnds        map[string]int `json:"slow_ends,omitempty"`
 }
 
 // runLatency runs the latency scenario once: cfg.Subscribers subscribers
-// on one topic, cfg.Events events published cfg.Interval apart through
-// cfg.Via.
+// and cfg.SlowSubscribers slow subscribers on one topic, cfg.Events events
+// published cfg.Interval apart through cfg.Via.
 func runLatency(ctx context.Context, cfg config, t *target, run int) (latencyRun, error) {
 	topic := newTopic(scenarioLatency, run)
-	receivers, err := dialReceivers(ctx, t, cfg.Subscribers, topic, cfg.Events+warmupEvents)
+	receivers, err := dialReceivers(ctx, t, cfg.Subscribers, topic, cfg.Events+warmupEvents, nil)
 	if err != nil {
 		return latencyRun{}, err
 	}
 	defer closeReceivers(receivers)
+
+	slow, err := dialSlowSubscribers(ctx, t, cfg.SlowSubscribers, topic)
+	if err != nil {
+		return latencyRun{}, err
+	}
+	defer closeReceivers(slow)
 
 	pub, err := newPublisher(ctx, cfg.Via, t)
 	if err != nil {
@@ -62,6 +74,11 @@ func runLatency(ctx context.Context, cfg config, t *target, run int) (latencyRun
 		return latencyRun{}, err
 	}
 
+	var slowEnds map[string]int
+	if len(slow) > 0 {
+		slowEnds = awaitSlowEnds(ctx, slow, slowEndTimeout)
+	}
+
 	d := totals(receivers)
 	delivery := summarizeLatencies(d.latencies)
 	publishing := summarizeLatencies(publishTimes)
@@ -77,6 +94,8 @@ func runLatency(ctx context.Context, cfg config, t *target, run int) (latencyRun
 		PublishP99:       millis(publishing.P99),
 		OutOfOrder:       d.outOfOrder,
 		SubscriberErrors: errorStrings(d.errors),
+		SlowSubscribers:  len(slow),
+		SlowEnds:         slowEnds,
 	}, nil
 }
 

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"sync"
 	"time"
 
@@ -40,9 +41,10 @@ type receiver struct {
 }
 
 // dialReceivers connects n subscribers to topic, each on its own
-// websocket, with an events buffer of buffer. On error it closes the ones
-// it opened.
-func dialReceivers(ctx context.Context, t *target, n int, topic string, buffer int) ([]*receiver, error) {
+// websocket, with an events buffer of buffer. httpClient performs the
+// upgrade requests, and nil means http.DefaultClient. On error it closes
+// the ones it opened.
+func dialReceivers(ctx context.Context, t *target, n int, topic string, buffer int, httpClient *http.Client) ([]*receiver, error) {
 	token, err := signToken(t, "bench-subscriber")
 	if err != nil {
 		return nil, err
@@ -53,7 +55,7 @@ func dialReceivers(ctx context.Context, t *target, n int, topic string, buffer i
 	g.SetLimit(dialConcurrency)
 	for i := range receivers {
 		g.Go(func() error {
-			conn, err := client.Dial(gctx, t.WSURL, client.Options{Token: token})
+			conn, err := client.Dial(gctx, t.WSURL, client.Options{Token: token, HTTPClient: httpClient})
 			if err != nil {
 				return fmt.Errorf("subscriber %d: %w", i, err)
 			}

@@ -34,10 +34,14 @@ func newReport(cfg config, args []string, s setup) *report {
 		params["events"] = cfg.Events
 		params["interval_ms"] = millis(cfg.Interval)
 		params["via"] = cfg.Via
+		params["slow_subscribers"] = cfg.SlowSubscribers
 	} else {
 		params["writers"] = cfg.Writers
 		params["duration_s"] = cfg.Duration.Seconds()
 		params["batch"] = cfg.Batch
+	}
+	if len(cfg.SidecarArgs) > 0 {
+		params["sidecar_flags"] = cfg.SidecarArgs
 	}
 	return &report{
 		Scenario:   cfg.Scenario,
@@ -170,7 +174,7 @@ func (r *report) writeTable(w io.Writer, cfg config) error {
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
 	if r.Scenario == scenarioLatency {
-		r.latencyTable(tw)
+		r.latencyTable(tw, cfg.SlowSubscribers > 0)
 	} else {
 		r.throughputTable(tw)
 	}
@@ -182,8 +186,12 @@ func (r *report) writeTable(w io.Writer, cfg config) error {
 
 func describeScenario(cfg config) string {
 	if cfg.Scenario == scenarioLatency {
-		return fmt.Sprintf("latency (subscribers=%d on one topic, events=%d, interval=%s, via=%s, payload-bytes=%d, runs=%d)",
-			cfg.Subscribers, cfg.Events, cfg.Interval, cfg.Via, cfg.PayloadBytes, cfg.Runs)
+		var slow string
+		if cfg.SlowSubscribers > 0 {
+			slow = fmt.Sprintf(" and %d slow subscribers that stop reading", cfg.SlowSubscribers)
+		}
+		return fmt.Sprintf("latency (subscribers=%d%s on one topic, events=%d, interval=%s, via=%s, payload-bytes=%d, runs=%d)",
+			cfg.Subscribers, slow, cfg.Events, cfg.Interval, cfg.Via, cfg.PayloadBytes, cfg.Runs)
 	}
 	return fmt.Sprintf("throughput (writers=%d, duration=%s, batch=%d events per transaction, subscribers=%d, payload-bytes=%d, runs=%d)",
 		cfg.Writers, cfg.Duration, cfg.Batch, cfg.Subscribers, cfg.PayloadBytes, cfg.Runs)
@@ -195,8 +203,14 @@ type column[T any] struct {
 	value  func(T) float64
 }
 
-func (r *report) latencyTable(tw io.Writer) {
-	fmt.Fprintln(tw, "run\tdelivered/expected\tp50 ms\tp90 ms\tp99 ms\tmax ms\tpublish p50 ms\tpublish p99 ms\t")
+// latencyTable writes the latency runs. With slow, a last column shows
+// how the slow subscribers' connections ended.
+func (r *report) latencyTable(tw io.Writer, slow bool) {
+	header := "run\tdelivered/expected\tp50 ms\tp90 ms\tp99 ms\tmax ms\tpublish p50 ms\tpublish p99 ms\t"
+	if slow {
+		header += "slow subscribers ended\t"
+	}
+	fmt.Fprintln(tw, header)
 	columns := []column[latencyRun]{
 		{"%.2f", func(x latencyRun) float64 { return x.P50 }},
 		{"%.2f", func(x latencyRun) float64 { return x.P90 }},
@@ -206,7 +220,11 @@ func (r *report) latencyTable(tw io.Writer) {
 		{"%.2f", func(x latencyRun) float64 { return x.PublishP99 }},
 	}
 	for _, x := range r.latencyRuns {
-		writeRunRow(tw, x, x.Run, x.Delivered, x.Expected, columns)
+		var extra []string
+		if slow {
+			extra = append(extra, formatSlowEnds(x.SlowEnds))
+		}
+		writeRunRow(tw, x, x.Run, x.Delivered, x.Expected, columns, extra...)
 	}
 	writeSummaryRows(tw, r.latencyRuns, columns)
 }
@@ -227,10 +245,15 @@ func (r *report) throughputTable(tw io.Writer) {
 	writeSummaryRows(tw, r.throughputRuns, columns)
 }
 
-func writeRunRow[T any](tw io.Writer, x T, run int, delivered, expected int64, columns []column[T]) {
+// writeRunRow writes one run: its number, delivered/expected, columns,
+// then the cells of extra.
+func writeRunRow[T any](tw io.Writer, x T, run int, delivered, expected int64, columns []column[T], extra ...string) {
 	fmt.Fprintf(tw, "%d\t%d/%d\t", run, delivered, expected)
 	for _, c := range columns {
 		fmt.Fprintf(tw, c.format+"\t", c.value(x))
+	}
+	for _, cell := range extra {
+		fmt.Fprint(tw, cell+"\t")
 	}
 	fmt.Fprintln(tw)
 }

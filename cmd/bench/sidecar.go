@@ -49,11 +49,12 @@ func buildSidecar(ctx context.Context, dir string) (string, error) {
 	return bin, nil
 }
 
-// startSidecar starts bin as "sidecar serve" on a free loopback port and
+// startSidecar starts bin as "sidecar serve" on a free loopback port, with
+// extraArgs after the benchmark's own flags so that they override them, and
 // waits until its /readyz returns 200. The process writes its log to
 // logPath. It dies with the benchmark: the parent-death signal is SIGKILL.
 // The caller must call stop.
-func startSidecar(ctx context.Context, bin, databaseURL, jwtSecret, apiKey, logPath string) (*sidecarProcess, string, error) {
+func startSidecar(ctx context.Context, bin, databaseURL, jwtSecret, apiKey string, extraArgs []string, logPath string) (*sidecarProcess, string, error) {
 	port, err := freePort()
 	if err != nil {
 		return nil, "", err
@@ -68,7 +69,8 @@ func startSidecar(ctx context.Context, bin, databaseURL, jwtSecret, apiKey, logP
 
 	// The secrets travel in the environment, not in arguments that any
 	// user of the machine can read with ps.
-	cmd := exec.Command(bin, "serve", "--addr", addr, "--log-level", "warn", "--drain-timeout", "2s")
+	args := append([]string{"serve", "--addr", addr, "--log-level", "warn", "--drain-timeout", "2s"}, extraArgs...)
+	cmd := exec.Command(bin, args...)
 	cmd.Env = append(os.Environ(),
 		"DATABASE_URL="+databaseURL,
 		"SIDECAR_JWT_SECRET="+jwtSecret,

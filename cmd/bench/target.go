@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"os"
 	"runtime"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 
@@ -74,15 +75,15 @@ func setUpTarget(ctx context.Context, cfg config, progress func(string, ...any))
 		t.Setup.Sidecar = "already running at " + t.HTTPURL
 		return t, nil
 	}
-	if err := t.startSidecar(ctx, cfg.SidecarBin, progress); err != nil {
+	if err := t.startSidecar(ctx, cfg.SidecarBin, cfg.SidecarArgs, progress); err != nil {
 		return t, err
 	}
 	return t, nil
 }
 
 // startSidecar builds the sidecar unless bin is given, and runs it with a
-// fresh JWT secret and API key.
-func (t *target) startSidecar(ctx context.Context, bin string, progress func(string, ...any)) error {
+// fresh JWT secret and API key, and with extraArgs.
+func (t *target) startSidecar(ctx context.Context, bin string, extraArgs []string, progress func(string, ...any)) error {
 	dir, err := os.MkdirTemp("", "sidecar-bench-")
 	if err != nil {
 		return fmt.Errorf("create temporary directory: %w", err)
@@ -100,7 +101,7 @@ func (t *target) startSidecar(ctx context.Context, bin string, progress func(str
 	t.JWTSecret = []byte(randomHex(32))
 	t.APIKey = "bench-" + randomHex(12)
 	progress("starting the sidecar process")
-	proc, base, err := startSidecar(ctx, bin, t.DatabaseURL, string(t.JWTSecret), t.APIKey, dir+"/sidecar.log")
+	proc, base, err := startSidecar(ctx, bin, t.DatabaseURL, string(t.JWTSecret), t.APIKey, extraArgs, dir+"/sidecar.log")
 	if err != nil {
 		return err
 	}
@@ -109,6 +110,9 @@ func (t *target) startSidecar(ctx context.Context, bin string, progress func(str
 	t.HTTPURL = base
 	t.WSURL = "ws" + base[len("http"):] + "/v1/ws"
 	t.Setup.Sidecar = fmt.Sprintf("separate process (%s) at %s", bin, base)
+	if len(extraArgs) > 0 {
+		t.Setup.Sidecar += " with " + strings.Join(extraArgs, " ")
+	}
 	return nil
 }
 

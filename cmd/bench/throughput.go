@@ -67,7 +67,7 @@ type throughputRun struct {
 // cfg.Subscribers subscribers receive them.
 func runThroughput(ctx context.Context, cfg config, t *target, run int) (throughputRun, error) {
 	topic := newTopic(scenarioThroughput, run)
-	receivers, err := dialReceivers(ctx, t, cfg.Subscribers, topic, throughputBuffer)
+	receivers, err := dialReceivers(ctx, t, cfg.Subscribers, topic, throughputBuffer, nil)
 	if err != nil {
 		return throughputRun{}, err
 	}
