@@ -20,13 +20,13 @@ const maxPatterns = 100
 // call is a decoded request whose checks have passed; run does its work.
 type call struct {
 	run     func(ctx context.Context) (any, *rpc.Error)
-	inline  bool // cheap: answered on the read loop
+	inline  bool // cheap: runs on the read loop
 	publish bool // keeps its order among the connection's publishes
 }
 
-// handle answers one text message. Requests are checked in the contract's
-// order: parse, request shape, method, params, authentication,
-// authorization, rate. The first failure is the answer.
+// handle processes one text message. Requests are checked in the order the
+// protocol defines: parse, request shape, method, params, authentication,
+// authorization, rate. The first failure is the response.
 func (sess *session) handle(ctx context.Context, msg []byte) {
 	m, rerr := rpc.Decode(msg)
 	if rerr != nil {
@@ -34,8 +34,8 @@ func (sess *session) handle(ctx context.Context, msg []byte) {
 		return
 	}
 	if m.Kind == rpc.KindResponse {
-		// The sidecar sends clients no requests yet; a stray response
-		// needs no answer.
+		// The sidecar sends clients no requests yet, and JSON-RPC sends
+		// no response to a response.
 		sess.log.Debug("response from client ignored", "id", string(m.ID))
 		return
 	}

@@ -150,8 +150,8 @@ func (s *Store) PublishAll(ctx context.Context, pubs []Publication) ([]int64, er
 	return s.PublishIdempotent(ctx, pubs, "", "")
 }
 
-// PublishIdempotent is PublishAll with an idempotency key: the first call
-// with a key publishes and records the key in the same transaction; a later
+// PublishIdempotent is PublishAll with an idempotency key. The first call
+// with a key publishes and records the key in the same transaction. A later
 // call with the same key and bodyHash publishes nothing and returns the
 // first call's ids. A later call with another bodyHash fails with
 // ErrKeyReused. A concurrent call with the same key waits for the first to
