@@ -22,6 +22,11 @@ type Config struct {
 	AllowedOrigins     []string
 	ListenChannels     []string
 
+	// AppRPCURL is where app.<name> calls are sent; empty disables them.
+	AppRPCURL     string
+	AppRPCToken   string
+	AppRPCTimeout time.Duration
+
 	Retention     time.Duration
 	MaxEventBytes int
 	ReplayLimit   int
@@ -54,6 +59,7 @@ type Config struct {
 func Defaults() Config {
 	return Config{
 		Addr:             ":7070",
+		AppRPCTimeout:    10 * time.Second,
 		Retention:        24 * time.Hour,
 		MaxEventBytes:    1 << 20,
 		ReplayLimit:      10000,
@@ -116,7 +122,7 @@ func (c *Config) Validate() error {
 		name  string
 		value time.Duration
 	}{
-		{"--auth-timeout", c.AuthTimeout}, {"--unready-after", c.UnreadyAfter}, {"--drain-timeout", c.DrainTimeout},
+		{"--app-rpc-timeout", c.AppRPCTimeout}, {"--auth-timeout", c.AuthTimeout}, {"--unready-after", c.UnreadyAfter}, {"--drain-timeout", c.DrainTimeout},
 		{"--slow-client-grace", c.SlowGrace}, {"--write-timeout", c.WriteTimeout},
 	} {
 		if d.value <= 0 {

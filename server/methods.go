@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"slices"
+	"strconv"
 	"strings"
 
+	"github.com/pgsidecar/sidecar/appcall"
 	"github.com/pgsidecar/sidecar/auth"
 	"github.com/pgsidecar/sidecar/hub"
 	"github.com/pgsidecar/sidecar/rpc"
@@ -119,9 +121,58 @@ func (sess *session) prepare(m rpc.Message) (call, *rpc.Error) {
 		return sess.prepareAuth(m.Params)
 	}
 	if strings.HasPrefix(m.Method, "app.") {
-		return call{}, rpc.Errorf(rpc.CodeMethodNotFound, "method %q not found: application methods are not available on this sidecar", m.Method)
+		return sess.prepareAppCall(m)
 	}
 	return call{}, rpc.MethodNotFound(m.Method)
+}
+
+// prepareAppCall checks a call of an application method, which the sidecar
+// forwards to --app-rpc-url with the app. prefix removed.
+func (sess *session) prepareAppCall(m rpc.Message) (call, *rpc.Error) {
+	srv := sess.srv
+	if srv.app == nil {
+		return call{}, rpc.Errorf(rpc.CodeMethodNotFound, "method %q not found: this sidecar forwards no application methods (--app-rpc-url is not set)", m.Method)
+	}
+	if rerr := rpc.CheckParams(m.Params); rerr != nil {
+		return call{}, rerr
+	}
+	claims, rerr := sess.requireClaims()
+	if rerr != nil {
+		return call{}, rerr
+	}
+	if !claims.CanCall(m.Method) {
+		return call{}, rpc.Errorf(rpc.CodeForbidden, "calling %q is not allowed by your token", m.Method)
+	}
+
+	forward := appcall.Call{
+		ClientID: sess.id,
+		Subject:  claims.Subject,
+		Method:   strings.TrimPrefix(m.Method, "app."),
+		Params:   m.Params,
+	}
+	if m.ID != nil {
+		forward.ID = json.RawMessage(strconv.FormatUint(srv.appCalls.Add(1), 10))
+	}
+	return call{run: func(ctx context.Context) (any, *rpc.Error) {
+		result, rerr := srv.app.Forward(ctx, forward)
+		if rerr != nil {
+			return nil, sess.appError(rerr)
+		}
+		return result, nil
+	}}, nil
+}
+
+// appError passes the application's own errors through unchanged. The
+// sidecar's -32005 messages are logged whole but reach the client without
+// the application's address, which browsers need not learn.
+func (sess *session) appError(rerr *rpc.Error) *rpc.Error {
+	if rerr.Code != rpc.CodeAppCallFailed {
+		return rerr
+	}
+	sess.log.Warn("application call failed", "err", rerr.Message)
+	out := *rerr
+	out.Message = strings.ReplaceAll(out.Message, sess.srv.cfg.AppRPCURL, "the application")
+	return &out
 }
 
 func (sess *session) requireClaims() (*auth.Claims, *rpc.Error) {

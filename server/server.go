@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 
+	"github.com/pgsidecar/sidecar/appcall"
 	"github.com/pgsidecar/sidecar/auth"
 	"github.com/pgsidecar/sidecar/db/migrations"
 	"github.com/pgsidecar/sidecar/hub"
@@ -38,7 +39,9 @@ type Server struct {
 	store    *store.Store
 	hub      *hub.Hub
 	listener *listen.Listener
-	verifier *auth.Verifier // nil without --jwt-secret: tokens are refused
+	verifier *auth.Verifier     // nil without --jwt-secret: tokens are refused
+	app      *appcall.Forwarder // nil without --app-rpc-url
+	appCalls atomic.Uint64      // the sidecar's own ids of forwarded calls
 	apiKeys  auth.APIKeys
 
 	anonymous      *auth.Claims
@@ -74,6 +77,18 @@ func New(cfg Config) (*Server, error) {
 		s.verifier = verifier
 	}
 	s.apiKeys = auth.NewAPIKeys(cfg.APIKeys)
+	if cfg.AppRPCURL != "" {
+		app, err := appcall.New(appcall.Config{
+			URL:     cfg.AppRPCURL,
+			Token:   cfg.AppRPCToken,
+			Timeout: cfg.AppRPCTimeout,
+			Logger:  s.log.With("component", "appcall"),
+		})
+		if err != nil {
+			return nil, err
+		}
+		s.app = app
+	}
 
 	if len(cfg.AnonymousSubscribe) > 0 || len(cfg.AnonymousPublish) > 0 {
 		sub, err := topic.ParseSet(cfg.AnonymousSubscribe)
@@ -196,6 +211,9 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.drain(httpServer)
 	cancelRun()
 	background.Wait()
+	if s.app != nil {
+		s.app.Close()
+	}
 	s.log.Info("stopped")
 	return nil
 }

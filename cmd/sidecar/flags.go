@@ -76,6 +76,15 @@ func (s secretValue) Set(v string) error {
 	return nil
 }
 
+// secretString is a string flag whose value is never printed.
+type secretString struct{ s *string }
+
+func (s secretString) String() string { return "" }
+func (s secretString) Set(v string) error {
+	*s.s = v
+	return nil
+}
+
 // serverFlags declares every server setting on f, with its variable.
 func serverFlags(f *envFlags, cfg *server.Config) (logFormat, logLevel *string) {
 	fs := f.fs
@@ -105,6 +114,10 @@ func serverFlags(f *envFlags, cfg *server.Config) (logFormat, logLevel *string) 
 	list(&cfg.AnonymousSubscribe, "anonymous-subscribe", "SIDECAR_ANONYMOUS_SUBSCRIBE", "patterns that clients without a token may subscribe to; empty means none")
 	list(&cfg.AnonymousPublish, "anonymous-publish", "SIDECAR_ANONYMOUS_PUBLISH", "topics patterns that clients without a token may publish to; empty means none")
 	list(&cfg.AllowedOrigins, "allowed-origins", "SIDECAR_ALLOWED_ORIGINS", "browser origins allowed to connect, such as https://app.example.com; empty means same-origin only")
+	str(&cfg.AppRPCURL, "app-rpc-url", "SIDECAR_APP_RPC_URL", "where app.<name> calls of clients are sent, as JSON-RPC over HTTP POST; empty disables them")
+	fs.Var(secretString{&cfg.AppRPCToken}, "app-rpc-token", "bearer token the sidecar presents to the application")
+	f.bind("app-rpc-token", "SIDECAR_APP_RPC_TOKEN")
+	dur(&cfg.AppRPCTimeout, "app-rpc-timeout", "SIDECAR_APP_RPC_TIMEOUT", "how long one app.<name> call may take")
 	list(&cfg.ListenChannels, "listen-channels", "SIDECAR_LISTEN_CHANNELS", "extra Postgres channels to relay as pg.<channel> events")
 	dur(&cfg.Retention, "retention", "SIDECAR_RETENTION", "how long durable events are kept")
 	num(&cfg.MaxEventBytes, "max-event-bytes", "SIDECAR_MAX_EVENT_BYTES", "largest event data in bytes; the websocket read limit is this plus 64 KiB")
