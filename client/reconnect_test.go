@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
+	"log"
 	"net/http"
 	"testing"
 	"time"
@@ -308,5 +310,39 @@ func TestReconnectCloseEndsStreams(t *testing.T) {
 	}
 	if _, err := c.Subscribe(t.Context(), []string{"t"}); !errors.Is(err, client.ErrClosed) {
 		t.Errorf("Subscribe after Close = %v, want ErrClosed", err)
+	}
+}
+
+// This example follows all orders across sidecar restarts. The Stream
+// resumes after the last event it delivered, and Reload reports when the
+// application must load its state again.
+func ExampleConnect() {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+
+	c := client.Connect(ctx, "ws://127.0.0.1:7070/v1/ws", client.ReconnectOptions{
+		OnState: func(s client.State) {
+			if s.Kind == client.Disconnected {
+				log.Printf("disconnected (%v); retrying in %s", s.Err, s.Retry)
+			}
+		},
+	})
+	defer c.Close()
+
+	stream, err := c.Subscribe(ctx, []string{"orders.>"})
+	if err != nil {
+		log.Fatal(err)
+	}
+
+	for {
+		select {
+		case ev, ok := <-stream.Events():
+			if !ok {
+				return
+			}
+			fmt.Printf("%s #%d: %s\n", ev.Topic, ev.ID, ev.Data)
+		case err := <-stream.Reload():
+			log.Printf("reload the orders from the application: %v", err)
+		}
 	}
 }
