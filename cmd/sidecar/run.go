@@ -12,6 +12,8 @@ import (
 	"net/http"
 
 	"strings"
+	"sync"
+	"sync/atomic"
 	"text/tabwriter"
 	"time"
 
@@ -225,40 +227,58 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 		return exitError(2)
 	}
 
-	conn, err := client.Dial(ctx, url, client.Options{Token: token})
-	if err != nil {
-		return fmt.Errorf("connect to %s: %w", url, err)
-	}
-	defer conn.Close()
+	// Reconnect and reload notices go to stderr from the client's
+	// goroutine, so the writes are serialized.
+	notices := &lockedWriter{w: stderr}
+	var connected atomic.Bool
+	c := client.Connect(ctx, url, client.ReconnectOptions{
+		Options: client.Options{Token: token},
+		OnState: func(s client.State) {
+			switch s.Kind {
+			case client.Connected:
+				if connected.Swap(true) {
+					fmt.Fprintf(notices, "reconnected to %s as %s\n", url, s.Welcome.ClientID)
+				}
+			case client.Disconnected:
+				fmt.Fprintf(notices, "disconnected from %s: %v; reconnecting in %s\n", url, s.Err, s.Retry.Round(time.Millisecond))
+			}
+		},
+	})
+	defer c.Close()
 
 	var opts []client.SubscribeOption
 	if since >= 0 {
 		opts = append(opts, client.WithSince(since))
 	}
-	sub, err := conn.Subscribe(ctx, f.fs.Args(), opts...)
+	stream, err := c.Subscribe(ctx, f.fs.Args(), opts...)
 	var rpcErr *client.RPCError
 	if errors.As(err, &rpcErr) && rpcErr.Code == client.CodeNotAuthenticated && token == "" {
 		return fmt.Errorf("subscribe: %w: give a client token with --token or SIDECAR_TOKEN", err)
 	}
+	if errors.Is(err, context.Canceled) {
+		return nil // interrupted before the first subscription, for example while the sidecar is unreachable
+	}
 	if err != nil {
 		return fmt.Errorf("subscribe: %w", err)
 	}
-	fmt.Fprintf(stderr, "subscribed to %s (head %d, epoch %s); Ctrl-C to stop\n", strings.Join(f.fs.Args(), " "), sub.Head(), sub.Epoch())
+	fmt.Fprintf(notices, "subscribed to %s (epoch %s); Ctrl-C to stop\n", strings.Join(f.fs.Args(), " "), stream.Epoch())
 
-	return printEvents(ctx, conn, sub, stdout)
+	return printEvents(ctx, stream, stdout, notices)
 }
 
-func printEvents(ctx context.Context, conn *client.Conn, sub *client.Subscription, stdout io.Writer) error {
+// printEvents prints each event as a JSON line until ctx ends. It writes a
+// notice to stderr when the stream could not resume and skipped events.
+func printEvents(ctx context.Context, stream *client.Stream, stdout, stderr io.Writer) error {
 	enc := json.NewEncoder(stdout)
 	for {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-conn.Done():
-			return conn.Err()
-		case ev, ok := <-sub.Events():
+		case err := <-stream.Reload():
+			fmt.Fprintf(stderr, "reload: %v; some events were missed, continuing with new events\n", err)
+		case ev, ok := <-stream.Events():
 			if !ok {
-				return conn.Err()
+				return nil
 			}
 			line := map[string]any{"topic": ev.Topic, "data": ev.Data, "ts": ev.TS.UTC().Format("2006-01-02T15:04:05.000000Z")}
 			if ev.ID != 0 {
@@ -269,6 +289,18 @@ func printEvents(ctx context.Context, conn *client.Conn, sub *client.Subscriptio
 			}
 		}
 	}
+}
+
+// lockedWriter serializes writes to w.
+type lockedWriter struct {
+	mu sync.Mutex
+	w  io.Writer
+}
+
+func (l *lockedWriter) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(p)
 }
 
 func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) error {
