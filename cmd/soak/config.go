@@ -29,8 +29,8 @@ type config struct {
 
 	// Faults.
 	Faults          []faultKind
-	FaultMin        time.Duration // shortest pause between two faults
-	FaultMax        time.Duration // longest pause between two faults
+	FaultMin        time.Duration // minimum pause between two faults
+	FaultMax        time.Duration // maximum pause between two faults
 	CutDuration     time.Duration // how long listen-cut stops forwarding
 	StallDuration   time.Duration // how long slow-subscriber stops reading
 	RecoveryTimeout time.Duration // how long a fault may take until events flow again

@@ -56,11 +56,12 @@ const (
 
 	// burstEvents large events, about 10 MB, are published in one
 	// transaction while a subscriber stops reading. The kernel's socket
-	// buffers on both ends and the client's channel take less than that
-	// (Linux grows a loopback send buffer up to net.ipv4.tcp_wmem, 4 MB by
-	// default). So the sidecar's queue for the stalled subscriber grows,
-	// and the sidecar closes it as too slow. The steady load alone would
-	// take minutes to fill those buffers.
+	// buffers on both ends and the client's channel take less than that:
+	// Linux grows a loopback send buffer up to the maximum in
+	// net.ipv4.tcp_wmem, 4 MiB where this was measured (docs/soak.md).
+	// So the sidecar's queue for the stalled subscriber grows, and the
+	// sidecar closes it as too slow. The steady load alone would take
+	// minutes to fill those buffers.
 	burstEvents = 1000
 
 	// burstTimeout bounds the burst's transaction.
@@ -271,7 +272,7 @@ func (in *injector) restartSidecar(ctx context.Context, kind faultKind, slot *si
 		err = slot.kill()
 		at = in.arm(watched)
 	} else {
-		// The drain takes effect at once; it ends when the process exits.
+		// The drain takes effect at once and ends when the process exits.
 		at = in.arm(watched)
 		err = slot.terminate()
 	}
@@ -290,7 +291,7 @@ func (in *injector) restartSidecar(ctx context.Context, kind faultKind, slot *si
 }
 
 // stall makes s stop reading for --stall while a burst is published to
-// it. It returns the start and the end of the stall; the watch starts at
+// it. It returns the start and the end of the stall. The watch starts at
 // the end.
 func (in *injector) stall(ctx context.Context, s *subscriber) (start, end time.Time, note string, err error) {
 	req, err := s.requestStall(in.cfg.StallDuration)
@@ -299,7 +300,7 @@ func (in *injector) stall(ctx context.Context, s *subscriber) (start, end time.T
 	}
 
 	// The subscriber takes the request when it is connected, which it
-	// normally is; a reconnect in progress delays it.
+	// normally is. A reconnect in progress delays it.
 	if err := waitClosed(ctx, req.begun, in.cfg.RecoveryTimeout); err != nil {
 		return start, end, "", fmt.Errorf("%s did not stop reading: %w", s.name, err)
 	}

@@ -96,15 +96,18 @@ type ledger struct {
 }
 
 // ledgerEntry is the outcome of the event with seq index+1. id is the id
-// the publish returned, or 0 when it returned none.
+// the publish returned, or 0 when it returned none. err is the error that
+// made the outcome uncertain.
 type ledgerEntry struct {
 	outcome outcome
 	id      int64
 	tx      int64
+	err     string
 }
 
 // newBatch builds the next transaction of a publisher on path: usually one
-// event, sometimes two to five; some rolled back, depending on the path.
+// event, sometimes two to five, and some rolled back, depending on the
+// path.
 func (l *ledger) newBatch(rng *rand.Rand, largeFraction float64) batch {
 	l.txs++
 	b := batch{tx: l.txs, mode: modeCommit}
@@ -166,6 +169,16 @@ func (l *ledger) record(ev pubEvent, o outcome, id int64) {
 func (l *ledger) recordAll(evs []pubEvent, o outcome) {
 	for _, ev := range evs {
 		l.record(ev, o, 0)
+	}
+}
+
+// recordUncertain marks evs as uncertain because of err.
+func (l *ledger) recordUncertain(evs []pubEvent, err error) {
+	for _, ev := range evs {
+		e := &l.events[ev.seq-1]
+		e.outcome = outcomeUncertain
+		e.id = 0
+		e.err = err.Error()
 	}
 }
 

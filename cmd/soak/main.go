@@ -1,10 +1,10 @@
 // Command soak runs the sidecar for a long while under a steady load of
-// publishers and subscribers, injects faults (Postgres crashes and
+// publishers and subscribers, and injects faults: Postgres crashes and
 // restarts, sidecar kills and drains, terminated and silently cut LISTEN
-// connections, a subscriber that stops reading), and then checks every
+// connections, and a subscriber that stops reading. It then checks every
 // committed event against what each subscription received: nothing
 // missing, nothing twice, in id order. Everything runs on 127.0.0.1. Run
-// "go run ./cmd/soak -h" for its flags; docs/soak.md explains the checks
+// "go run ./cmd/soak -h" for its flags. docs/soak.md explains the checks
 // and records a run.
 package main
 
@@ -19,7 +19,7 @@ import (
 
 func main() {
 	// The first interrupt ends publishing early, and the soak still checks
-	// and reports what it has; a second one aborts at once.
+	// and reports what it has. A second one aborts at once.
 	signals := make(chan os.Signal, 2)
 	signal.Notify(signals, os.Interrupt, syscall.SIGTERM)
 	ctx, abort := context.WithCancel(context.Background())

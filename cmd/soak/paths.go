@@ -43,9 +43,10 @@ func (p *sqlPath) connect(ctx context.Context) error {
 }
 
 // send runs b as one transaction. An error before COMMIT was sent leaves
-// nothing committed; an error from COMMIT itself other than a server
-// error leaves the outcome uncertain, because the commit may have
-// happened before the connection broke.
+// nothing committed, and so does an ERROR in response to COMMIT. Any
+// other error from COMMIT leaves the outcome uncertain: a broken
+// connection or a FATAL error, such as the one a shutdown sends, can
+// follow a commit that already happened.
 func (p *sqlPath) send(ctx context.Context, b batch, l *ledger) error {
 	tx, err := p.conn.Begin(ctx)
 	if err != nil {
@@ -69,16 +70,17 @@ func (p *sqlPath) send(ctx context.Context, b batch, l *ledger) error {
 
 	commitErr := tx.Commit(ctx)
 	var pgErr *pgconn.PgError
+	rolledBack := errors.As(commitErr, &pgErr) && pgErr.Severity == "ERROR"
 	for _, ev := range b.events {
 		switch {
 		case ev.rolledBack:
 			l.record(ev, outcomeRolledBack, 0)
 		case commitErr == nil:
 			l.record(ev, outcomeAcked, 0)
-		case errors.As(commitErr, &pgErr):
+		case rolledBack:
 			l.record(ev, outcomeFailed, 0)
 		default:
-			l.record(ev, outcomeUncertain, 0)
+			l.recordUncertain([]pubEvent{ev}, commitErr)
 		}
 	}
 	if commitErr != nil {
@@ -147,7 +149,7 @@ type httpEvent struct {
 }
 
 // send posts b as one event, or as an events list for several (and
-// sometimes for one). A 4xx status means nothing was published; a 5xx
+// sometimes for one). A 4xx status means nothing was published, and a 5xx
 // status or a broken connection leaves the outcome uncertain.
 func (p *httpPath) send(ctx context.Context, b batch, l *ledger) error {
 	entries := make([]httpEvent, len(b.events))
@@ -173,7 +175,7 @@ func (p *httpPath) send(ctx context.Context, b batch, l *ledger) error {
 		l.recordAll(b.events, outcomeFailed)
 		return err
 	case err != nil:
-		l.recordAll(b.events, outcomeUncertain)
+		l.recordUncertain(b.events, err)
 		return err
 	case status == http.StatusOK:
 		return p.recordIDs(b, l, single, answer)
@@ -185,8 +187,9 @@ func (p *httpPath) send(ctx context.Context, b batch, l *ledger) error {
 		l.recordAll(b.events, outcomeFailed)
 		return fmt.Errorf("status %d: %s", status, answer)
 	default:
-		l.recordAll(b.events, outcomeUncertain)
-		return fmt.Errorf("status %d: %s", status, answer)
+		err := fmt.Errorf("status %d: %s", status, answer)
+		l.recordUncertain(b.events, err)
+		return err
 	}
 }
 
@@ -282,7 +285,7 @@ func (p *wsPath) connect(ctx context.Context) error {
 
 // send publishes the events of b one by one: the websocket API has no
 // multi-event transaction. An invalid-params error means the event was
-// not published; any other error leaves it uncertain, and the rest of
+// not published. Any other error leaves it uncertain, and the rest of
 // the batch is not sent.
 func (p *wsPath) send(ctx context.Context, b batch, l *ledger) error {
 	for i, ev := range b.events {
@@ -296,7 +299,7 @@ func (p *wsPath) send(ctx context.Context, b batch, l *ledger) error {
 		if errors.As(err, &rpcErr) && rpcErr.Code == client.CodeInvalidParams {
 			l.record(ev, outcomeFailed, 0)
 		} else {
-			l.record(ev, outcomeUncertain, 0)
+			l.recordUncertain([]pubEvent{ev}, err)
 		}
 		l.recordAll(b.events[i+1:], outcomeFailed)
 		return fmt.Errorf("publish on %s: %w", ev.topic, err)

@@ -88,7 +88,7 @@ func TestProxyCutHoldsBytesUntilResume(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Nothing may arrive while the cut lasts. The deadline only bounds
-	// how long the test looks; the outcome is that no byte arrived.
+	// how long the test looks. The outcome is that no byte arrived.
 	c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if got, err := r.ReadString('\n'); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("read during the cut = %q, %v, want a deadline error", got, err)

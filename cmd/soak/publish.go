@@ -125,7 +125,7 @@ func later(a, b time.Time) time.Time {
 // errNotSent reports a batch that no instance accepted a connection for.
 var errNotSent = errors.New("no sidecar instance accepted the connection")
 
-// newPublishers creates the publishers that cfg asks for, each with its
+// newPublishers creates the publishers that cfg sets, each with its
 // ledger. rate is split evenly between them.
 func newPublishers(cfg config, e *environment, seed uint64, published *atomic.Int64, warn func(string, error)) ([]*publisher, error) {
 	type pathCount struct {

@@ -59,7 +59,7 @@ type subscriberReport struct {
 	ConnLog     []connReport   `json:"connection_log"`
 }
 
-// connReport is one connection of a subscriber; times are offsets from
+// connReport is one connection of a subscriber. Times are offsets from
 // the start of publishing.
 type connReport struct {
 	Sidecar   int     `json:"sidecar"`
@@ -226,6 +226,11 @@ func (r *report) writePublishing(b *strings.Builder) {
 	}
 	writePublishRow(tw, "total", r.Published)
 	tw.Flush()
+	for _, p := range r.Publishers {
+		for _, s := range p.CommittedWithError {
+			fmt.Fprintf(b, "  %s\n", s)
+		}
+	}
 
 	in := r.Integrity
 	fmt.Fprintf(b, "\ncommitted (in the table): %d events\n", r.Committed)

@@ -314,6 +314,7 @@ func (s *soak) buildReport(events []committedEvent, publishing time.Duration, se
 		Committed:  len(events),
 		Settled:    settled,
 		SettleTime: seconds(settleTime),
+		Failures:   []string{},
 	}
 
 	var ledgers []*ledger

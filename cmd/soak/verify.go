@@ -104,26 +104,26 @@ const maxSamples = 20
 // committed events it should have received: those above its first head
 // that its patterns match.
 type deliveryResult struct {
-	Committed  int // events expected
-	Delivered  int // events received, duplicates included
-	Missing    int // expected events never received
-	Duplicated int // receptions beyond the first of an event
+	Committed  int `json:"committed"`  // events expected
+	Delivered  int `json:"delivered"`  // events received, duplicates included
+	Missing    int `json:"missing"`    // expected events never received
+	Duplicated int `json:"duplicated"` // receptions beyond the first of an event
 	// OutOfOrder counts receptions whose id is below the highest id
 	// received before, on this subscription.
-	OutOfOrder int
+	OutOfOrder int `json:"out_of_order"`
 	// Mismatched counts events whose topic or data differ from the table.
-	Mismatched int
+	Mismatched int `json:"mismatched"`
 	// Unexpected counts receptions of ids that are not expected: not in
 	// the table, at or below the head, or not matching the patterns.
-	Unexpected int
+	Unexpected int `json:"unexpected"`
 
-	MissingIDs    []int64
-	DuplicatedIDs []int64
-	UnexpectedIDs []int64
+	MissingIDs    []int64 `json:"missing_ids,omitempty"`
+	DuplicatedIDs []int64 `json:"duplicated_ids,omitempty"`
+	UnexpectedIDs []int64 `json:"unexpected_ids,omitempty"`
 }
 
 // compareDeliveries computes the deliveryResult of one subscription.
-// events must be sorted by id; byID indexes them.
+// events must be sorted by id, and byID indexes them.
 func compareDeliveries(events []committedEvent, byID map[int64]*committedEvent, head int64, matches func(string) bool, deliveries []delivery) deliveryResult {
 	var r deliveryResult
 	counts := make(map[int64]int)
@@ -174,7 +174,7 @@ func appendSample(ids []int64, id int64) []int64 {
 	return ids
 }
 
-// add adds o's counts to r; samples are not merged.
+// add adds o's counts to r, but not its samples.
 func (r *deliveryResult) add(o deliveryResult) {
 	r.Committed += o.Committed
 	r.Delivered += o.Delivered
@@ -187,17 +187,20 @@ func (r *deliveryResult) add(o deliveryResult) {
 
 // publishCounts sums the outcomes of one publisher's events, or of several.
 type publishCounts struct {
-	Transactions int64
-	Attempted    int // events the publisher tried to publish
-	Acked        int
-	RolledBack   int
-	Rejected     int
-	Failed       int
-	Uncertain    int
+	Transactions int64 `json:"transactions"`
+	Attempted    int   `json:"attempted"` // events the publisher tried to publish
+	Acked        int   `json:"acked"`
+	RolledBack   int   `json:"rolled_back"`
+	Rejected     int   `json:"rejected"`
+	Failed       int   `json:"failed"`
+	Uncertain    int   `json:"uncertain"`
 	// UncertainCommitted counts uncertain events found in the table.
-	UncertainCommitted int
-	Errors             int64
-	LastError          string
+	UncertainCommitted int `json:"uncertain_committed"`
+	// CommittedWithError contains some errors that publishes returned for
+	// events that are in the table.
+	CommittedWithError []string `json:"committed_with_error,omitempty"`
+	Errors             int64    `json:"errors"`
+	LastError          string   `json:"last_error"`
 }
 
 func (c *publishCounts) add(o publishCounts) {
@@ -217,23 +220,23 @@ func (c *publishCounts) add(o publishCounts) {
 type integrity struct {
 	// AckedMissing counts acknowledged events not in the table: commits
 	// lost, or a success reported for a publish that did not commit.
-	AckedMissing int
+	AckedMissing int `json:"acked_missing"`
 	// NotCommittedPresent counts rolled back, rejected or failed events
 	// found in the table.
-	NotCommittedPresent int
+	NotCommittedPresent int `json:"not_committed_present"`
 	// CommittedTwice counts events whose marker is in the table more than
 	// once.
-	CommittedTwice int
+	CommittedTwice int `json:"committed_twice"`
 	// IDMismatch counts acknowledged events whose returned id differs from
 	// the table's.
-	IDMismatch int
+	IDMismatch int `json:"id_mismatch"`
 	// PartialTransactions counts transactions with an uncertain outcome
 	// that are in the table in part.
-	PartialTransactions int
+	PartialTransactions int `json:"partial_transactions"`
 	// Unmarked counts soak events in the table that no publisher
 	// recorded.
-	Unmarked int
-	Samples  []string
+	Unmarked int      `json:"unmarked"`
+	Samples  []string `json:"samples,omitempty"`
 }
 
 func (in *integrity) failures() int {
@@ -310,6 +313,9 @@ func checkLedgers(events []committedEvent, ledgers []*ledger) (map[string]publis
 				if len(ids) > 0 {
 					c.UncertainCommitted++
 					p[1]++
+					if len(c.CommittedWithError) < 5 {
+						c.CommittedWithError = append(c.CommittedWithError, fmt.Sprintf("%s: committed with id %d, but the publish returned: %s", where, ids[0], e.err))
+					}
 				}
 				partial[e.tx] = p
 			}

@@ -130,16 +130,16 @@ func tableEvent(id int64, m marker) committedEvent {
 
 func TestCheckLedgers(t *testing.T) {
 	l := &ledger{publisher: "sql-1", path: "sql", txs: 5, events: []ledgerEntry{
-		{outcome: outcomeAcked, tx: 1},            // 1: in the table, fine
-		{outcome: outcomeAcked, tx: 2, id: 20},    // 2: in the table with another id
-		{outcome: outcomeAcked, tx: 3},            // 3: lost
-		{outcome: outcomeRolledBack, tx: 4},       // 4: in the table although rolled back
-		{outcome: outcomeUncertain, tx: 5},        // 5 and 6: one transaction, committed in part
-		{outcome: outcomeUncertain, tx: 5},        //
-		{outcome: outcomeFailed, tx: 5},           // 7: not in the table, fine
-		{outcome: outcomeAcked, tx: 5, id: 0},     // 8: in the table twice
-		{outcome: outcomeRejected, tx: 5, id: 0},  // 9: not in the table, fine
-		{outcome: outcomeUncertain, tx: 6, id: 0}, // 10: uncertain and absent, fine
+		{outcome: outcomeAcked, tx: 1},                 // 1: in the table, fine
+		{outcome: outcomeAcked, tx: 2, id: 20},         // 2: in the table with another id
+		{outcome: outcomeAcked, tx: 3},                 // 3: lost
+		{outcome: outcomeRolledBack, tx: 4},            // 4: in the table although rolled back
+		{outcome: outcomeUncertain, tx: 5, err: "EOF"}, // 5 and 6: one transaction, committed in part
+		{outcome: outcomeUncertain, tx: 5},             //
+		{outcome: outcomeFailed, tx: 5},                // 7: not in the table, fine
+		{outcome: outcomeAcked, tx: 5, id: 0},          // 8: in the table twice
+		{outcome: outcomeRejected, tx: 5, id: 0},       // 9: not in the table, fine
+		{outcome: outcomeUncertain, tx: 6, id: 0},      // 10: uncertain and absent, fine
 	}}
 	events := []committedEvent{
 		tableEvent(1, marker{"sql-1", 1, 1}),
@@ -153,7 +153,10 @@ func TestCheckLedgers(t *testing.T) {
 
 	counts, in := checkLedgers(events, []*ledger{l})
 
-	wantCounts := publishCounts{Transactions: 5, Attempted: 10, Acked: 4, RolledBack: 1, Rejected: 1, Failed: 1, Uncertain: 3, UncertainCommitted: 1}
+	wantCounts := publishCounts{
+		Transactions: 5, Attempted: 10, Acked: 4, RolledBack: 1, Rejected: 1, Failed: 1, Uncertain: 3, UncertainCommitted: 1,
+		CommittedWithError: []string{"sql-1 event 5 (transaction 5): committed with id 5, but the publish returned: EOF"},
+	}
 	if diff := cmp.Diff(counts["sql-1"], wantCounts); diff != "" {
 		t.Errorf("checkLedgers() counts mismatch (-got +want):\n%s", diff)
 	}
