@@ -1,8 +1,10 @@
 package tests
 
 import (
+	"bufio"
 	"context"
 	osexec "os/exec"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -188,4 +190,61 @@ func (c *streamCollector) ids() []int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return append([]int64(nil), c.list...)
+}
+
+func TestReconnectCommandLineSub(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	addr := freeAddr(t)
+	env := []string{
+		"DATABASE_URL=" + db,
+		"SIDECAR_ADDR=" + addr,
+		"SIDECAR_JWT_SECRET=" + testSecret,
+		"SIDECAR_API_KEYS=" + testAPIKey,
+		"SIDECAR_WS_URL=ws://" + addr + "/v1/ws",
+		"SIDECAR_TOKEN=" + token(t, "cli", []string{">"}, nil),
+	}
+	serve := startServe(t, env, addr)
+
+	sub := command(t, env, "sub", "t")
+	stdout, err := sub.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var subLog syncBuffer
+	sub.Stderr = &subLog
+	if err := sub.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = sub.Process.Kill(); _ = sub.Wait() })
+	lines := make(chan string, 16)
+	go func() {
+		scanner := bufio.NewScanner(stdout)
+		for scanner.Scan() {
+			lines <- scanner.Text()
+		}
+		close(lines)
+	}()
+	waitFor(t, "sidecar sub to subscribe", func() bool { return strings.Contains(subLog.String(), "subscribed") })
+
+	sql := connect(t, db)
+	exec(t, sql, `SELECT realtime.publish('t', '"before"')`)
+	if line := nextLine(t, lines); !strings.Contains(line, `"before"`) {
+		t.Fatalf("sidecar sub printed %q, want the event before the restart", line)
+	}
+
+	if err := serve.Process.Signal(syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	if err := serve.Wait(); err != nil {
+		t.Fatalf("sidecar serve exited with %v after SIGTERM, want 0", err)
+	}
+	exec(t, sql, `SELECT realtime.publish('t', '"while down"')`)
+	startServe(t, env, addr)
+
+	if line := nextLine(t, lines); !strings.Contains(line, `"while down"`) {
+		t.Fatalf("sidecar sub printed %q, want the event published while the sidecar was down", line)
+	}
+	if log := subLog.String(); !strings.Contains(log, "reconnected") {
+		t.Errorf("sidecar sub stderr has no reconnect notice:\n%s", log)
+	}
 }
