@@ -257,6 +257,10 @@ func (s *Server) publishFailed(c echo.Context, err error) error {
 		s.log.Error("publish rejected by Postgres", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
 		return apiError(c, http.StatusInternalServerError, "database_error", "Postgres rejected the publish; the sidecar's log has the details (search for the request id)")
 	}
+	if errors.Is(err, store.ErrUncertain) {
+		s.log.Error("publish outcome unknown", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
+		return apiError(c, http.StatusServiceUnavailable, "outcome_unknown", "the connection to Postgres failed during the publish, so it may or may not have been committed: retry with the same Idempotency-Key to publish exactly once")
+	}
 	s.log.Error("publish failed", "request_id", c.Response().Header().Get(echo.HeaderXRequestID), "err", err)
 	return apiError(c, http.StatusServiceUnavailable, "database_unavailable", "the event was not published because Postgres could not be reached: retry")
 }

@@ -321,6 +321,9 @@ func historyExpired(format string, args ...any) *rpc.Error {
 // client gets for it.
 func (sess *session) internal(err error) *rpc.Error {
 	sess.log.Error("request failed", "err", err)
+	if errors.Is(err, store.ErrUncertain) {
+		return rpc.Errorf(rpc.CodeInternal, "internal error: the connection to Postgres failed during the publish, so the event may or may not have been published")
+	}
 	return rpc.Errorf(rpc.CodeInternal, "internal error: the sidecar could not reach Postgres; try again")
 }
 

@@ -41,6 +41,9 @@ var (
 	// ErrRejected means Postgres answered with an error that is neither of
 	// the above, such as a missing schema or a permission denied.
 	ErrRejected = errors.New("postgres rejected the publish")
+	// ErrUncertain means the connection to Postgres failed during a
+	// publish, possibly after the commit: the events may have been published.
+	ErrUncertain = errors.New("publish outcome unknown")
 	// ErrKeyReused means an idempotency key came again with another request.
 	ErrKeyReused = errors.New("idempotency key reused")
 	// ErrTooMany means a replay would return more events than its limit.
@@ -483,7 +486,16 @@ func classify(err error) error {
 			// as a topic outside the grammar or a \u0000 in JSON text.
 			return fmt.Errorf("%w: %s", ErrInvalid, pgErr.Message)
 		}
-		return fmt.Errorf("%w: SQLSTATE %s: %s", ErrRejected, pgErr.Code, pgErr.Message)
+		if !strings.HasPrefix(pgErr.Code, "57") && !strings.HasPrefix(pgErr.Code, "08") {
+			return fmt.Errorf("%w: SQLSTATE %s: %s", ErrRejected, pgErr.Code, pgErr.Message)
+		}
 	}
-	return fmt.Errorf("publish: %w", err)
+	if pgconn.SafeToRetry(err) {
+		// Nothing reached the server.
+		return fmt.Errorf("publish: %w", err)
+	}
+	// A lost connection or a server shutting down (classes 08 and 57)
+	// can come after the commit: the caller cannot know whether the events
+	// were published.
+	return fmt.Errorf("%w: %w", ErrUncertain, err)
 }
