@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,14 @@ import (
 	"github.com/pgsidecar/sidecar/topic"
 )
 
+// Application receives the app.<name> calls of clients. The sidecar's own
+// implementation is appcall.Forwarder, which posts them to --app-rpc-url; a
+// Go program that embeds the server can answer them in-process instead.
+// Forward must be safe for concurrent use and return when ctx ends.
+type Application interface {
+	Forward(ctx context.Context, c appcall.Call) (json.RawMessage, *rpc.Error)
+}
+
 // Server is one sidecar instance: the HTTP and websocket endpoints, the
 // hub, the LISTEN connection and the relay between them.
 //
@@ -39,9 +48,9 @@ type Server struct {
 	store    *store.Store
 	hub      *hub.Hub
 	listener *listen.Listener
-	verifier *auth.Verifier     // nil without --jwt-secret: tokens are refused
-	app      *appcall.Forwarder // nil without --app-rpc-url
-	appCalls atomic.Uint64      // the sidecar's own ids of forwarded calls
+	verifier *auth.Verifier // nil without --jwt-secret: tokens are refused
+	app      Application    // nil without --app-rpc-url or Config.Application
+	appCalls atomic.Uint64  // the sidecar's own ids of forwarded calls
 	apiKeys  auth.APIKeys
 
 	anonymous      *auth.Claims
@@ -77,7 +86,8 @@ func New(cfg Config) (*Server, error) {
 		s.verifier = verifier
 	}
 	s.apiKeys = auth.NewAPIKeys(cfg.APIKeys)
-	if cfg.AppRPCURL != "" {
+	s.app = cfg.Application
+	if s.app == nil && cfg.AppRPCURL != "" {
 		app, err := appcall.New(appcall.Config{
 			URL:     cfg.AppRPCURL,
 			Token:   cfg.AppRPCToken,
@@ -211,8 +221,8 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.drain(httpServer)
 	cancelRun()
 	background.Wait()
-	if s.app != nil {
-		s.app.Close()
+	if f, ok := s.app.(*appcall.Forwarder); ok {
+		f.Close()
 	}
 	s.log.Info("stopped")
 	return nil
