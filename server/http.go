@@ -63,6 +63,8 @@ func (s *Server) routes() http.Handler {
 
 	api := e.Group("/v1", s.requireAPIKey)
 	api.POST("/publish", s.publishHTTP)
+	api.POST("/clients/:client_id/call", s.callClientHTTP)
+	api.POST("/subjects/call", s.callSubjectHTTP)
 
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
 		if c.Response().Committed {

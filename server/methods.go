@@ -36,9 +36,10 @@ func (sess *session) handle(ctx context.Context, msg []byte) {
 		return
 	}
 	if m.Kind == rpc.KindResponse {
-		// The sidecar sends clients no requests yet, and JSON-RPC sends
-		// no response to a response.
-		sess.log.Debug("response from client ignored", "id", string(m.ID))
+		// JSON-RPC sends no response to a response, even a stray one.
+		if !sess.calls.resolve(m) {
+			sess.log.Debug("response to no pending call ignored", "id", string(m.ID))
+		}
 		return
 	}
 
@@ -436,6 +437,7 @@ func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
 
 		removed := sess.pruneSubscriptions(claims)
 		sess.setClaims(claims)
+		sess.srv.sessions.setSubject(sess, claims.Subject)
 		if sess.authTimer != nil {
 			sess.authTimer.Stop()
 		}

@@ -64,7 +64,8 @@ type Server struct {
 	started     atomic.Bool   // migrations applied and the first LISTEN is up
 	draining    atomic.Bool
 
-	handler http.Handler
+	handler  http.Handler
+	sessions sessions // connected clients, for calls from the application
 }
 
 // New checks cfg and builds a server. It connects to nothing yet: Run does.

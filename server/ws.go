@@ -55,6 +55,9 @@ type session struct {
 	subsMu sync.Mutex
 	subs   map[string][]topic.Pattern
 
+	// calls are the requests sent to this client for the application.
+	calls clientCalls
+
 	authTimer   *time.Timer
 	expiryTimer atomic.Pointer[time.Timer]
 }
@@ -128,7 +131,11 @@ func (s *Server) runSession(sess *session) {
 		})
 	}
 
+	s.sessions.add(sess)
+	s.sessions.setSubject(sess, sess.subject())
 	reason := sess.readLoop(ctx)
+	s.sessions.remove(sess)
+	sess.calls.close()
 	sess.stopTimers()
 	cancel()
 	sess.wg.Wait()
