@@ -9,10 +9,10 @@ import (
 )
 
 // Start runs the server's background work without an HTTP listener of its
-// own, for a program that mounts Handler in its own HTTP server: it
-// migrates the database, opens the LISTEN connection and starts the relay,
-// retention and readiness probe, exactly as Serve does. /readyz stays 503
-// and websockets are rejected until that start completes.
+// own, for a program that mounts Handler in its own HTTP server. Like Serve,
+// it migrates the database, opens the LISTEN connection and starts the
+// relay, the retention job and the readiness probe. /readyz stays 503 and
+// websockets are rejected until that start completes.
 //
 // The work runs until stop is called or ctx ends, whichever comes first.
 // Then the server drains as Serve does: /readyz turns 503, new websockets
@@ -41,7 +41,7 @@ func (s *Server) Start(ctx context.Context) (stop func()) {
 
 		// drain shuts down the http.Server it is given once the websockets
 		// are closed. This one never served, so its Shutdown returns at
-		// once; the embedding program owns the real one.
+		// once. The embedding program shuts down its own server.
 		s.drain(&http.Server{})
 		cancelRun()
 		background.Wait()
