@@ -39,6 +39,10 @@ type Config struct {
 	// Last is the newest durable id already delivered or not wanted, such
 	// as the database's head at start-up. Catch-up begins after it.
 	Last int64
+	// Intercept, if set, sees every notification of a channel other than
+	// the realtime channel first; when it returns true, the notification
+	// is not relayed as a pg.<channel> event. It must not block.
+	Intercept func(channel, payload string) bool
 	// Probe, if set, receives the token of every probe notification: the
 	// sidecar sends one through its query pool at start to check that the
 	// LISTEN connection hears that database.
@@ -142,6 +146,9 @@ func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
 	case ev.Channel == store.Channel:
 		return r.handleRealtime(ctx, ev.Payload)
 	default:
+		if r.cfg.Intercept != nil && r.cfg.Intercept(ev.Channel, ev.Payload) {
+			return nil
+		}
 		r.deliverChannel(ev.Channel, ev.Payload)
 		return nil
 	}

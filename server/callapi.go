@@ -73,17 +73,22 @@ func (s *Server) callClientHTTP(c echo.Context) error {
 	}
 
 	id := c.Param("client_id")
-	sess := s.sessions.get(id)
-	if sess == nil {
-		return apiError(c, http.StatusNotFound, "unknown_client", fmt.Sprintf("no client %q is connected to this sidecar", id))
+	var result json.RawMessage
+	var rerr *rpc.Error
+	var err error
+	if sess := s.sessions.get(id); sess != nil {
+		result, rerr, err = sess.callClient(c.Request().Context(), *req.Method, req.Params, timeout)
+	} else if len(id) > instanceIDLen && id[:instanceIDLen] != s.instance {
+		result, rerr, err = s.router.callRemote(c.Request().Context(), id[:instanceIDLen], id, *req.Method, req.Params, timeout)
+	} else {
+		return apiError(c, http.StatusNotFound, "unknown_client", fmt.Sprintf("no client %q is connected", id))
 	}
 
-	result, rerr, err := sess.callClient(c.Request().Context(), *req.Method, req.Params, timeout)
 	switch {
 	case errors.Is(err, errClientTimeout):
 		return apiError(c, http.StatusGatewayTimeout, "timeout", fmt.Sprintf("client %s did not answer %s within %s", id, *req.Method, timeout))
 	case errors.Is(err, errClientGone):
-		return apiError(c, http.StatusNotFound, "unknown_client", fmt.Sprintf("client %s disconnected before it answered", id))
+		return apiError(c, http.StatusNotFound, "unknown_client", fmt.Sprintf("no client %q is connected, or it disconnected before it answered", id))
 	case err != nil:
 		return apiError(c, http.StatusServiceUnavailable, "canceled", "the call was canceled: "+err.Error())
 	case rerr != nil:
@@ -117,8 +122,12 @@ func (s *Server) callSubjectHTTP(c echo.Context) error {
 			results[i] = callOne(c.Request().Context(), sess, *req.Method, req.Params, timeout)
 		})
 	}
+	remote, err := s.router.callSubjectRemote(c.Request().Context(), *req.Subject, *req.Method, req.Params, timeout)
 	wg.Wait()
-	return c.JSON(http.StatusOK, map[string]any{"results": results})
+	if err != nil {
+		s.log.Warn("calling a subject's connections on other instances failed", "err", err)
+	}
+	return c.JSON(http.StatusOK, map[string]any{"results": append(results, remote...)})
 }
 
 func callOne(ctx context.Context, sess *session, method string, params json.RawMessage, timeout time.Duration) subjectResult {

@@ -64,6 +64,10 @@ type Server struct {
 	started     atomic.Bool   // migrations applied and the first LISTEN is up
 	draining    atomic.Bool
 
+	// instance names this sidecar process; every client id starts with it.
+	instance string
+	router   router
+
 	handler  http.Handler
 	sessions sessions // connected clients, for calls from the application
 }
@@ -77,7 +81,9 @@ func New(cfg Config) (*Server, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 
-	s := &Server{cfg: cfg, log: cfg.Logger}
+	s := &Server{cfg: cfg, log: cfg.Logger, instance: randomID(8)}
+	s.router.s = s
+	s.log = s.log.With("instance", s.instance)
 
 	if len(cfg.JWTSecret) > 0 {
 		verifier, err := auth.NewVerifier(auth.Config{HS256Secret: cfg.JWTSecret})
@@ -135,7 +141,7 @@ func New(cfg Config) (*Server, error) {
 		listenCfg.RuntimeParams["application_name"] = "sidecar-listen"
 	}
 
-	channels := append([]string{store.Channel}, cfg.ListenChannels...)
+	channels := append([]string{store.Channel, RoutingChannel}, cfg.ListenChannels...)
 	s.listener, err = listen.New(listen.Config{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			return pgx.ConnectConfig(ctx, listenCfg.Copy())
@@ -242,6 +248,13 @@ func (s *Server) start(ctx context.Context) {
 	probes := make(chan string, 16)
 	r := relay.New(relay.Config{
 		Store: s.store,
+		Intercept: func(channel, payload string) bool {
+			if channel != RoutingChannel {
+				return false
+			}
+			s.router.handle(ctx, payload)
+			return true
+		},
 		Probe: func(token string) {
 			select {
 			case probes <- token:
@@ -273,6 +286,7 @@ func (s *Server) start(ctx context.Context) {
 	wg.Go(func() { s.retain(ctx) })
 
 	wg.Go(func() { s.watchNotifyQueue(ctx) })
+	wg.Go(func() { s.router.heartbeat(ctx) })
 
 	select {
 	case <-s.listener.Ready():

@@ -99,7 +99,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(s.cfg.readLimit())
 
-	sess := &session{srv: s, conn: conn, id: newClientID(), lastPublish: closedChan()}
+	sess := &session{srv: s, conn: conn, id: s.instance + randomID(16), lastPublish: closedChan()}
 	sess.log = s.log.With("client_id", sess.id)
 	if claims != nil {
 		sess.setClaims(claims)
@@ -245,9 +245,14 @@ func (sess *session) subject() string {
 
 // newClientID returns 128 random bits, URL-safe.
 func newClientID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return base64.RawURLEncoding.EncodeToString(b[:])
+	return randomID(16)
+}
+
+// randomID returns n random bytes, URL-safe: letters, digits, - and _.
+func randomID(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return base64.RawURLEncoding.EncodeToString(b)
 }
 
 func closedChan() chan struct{} {

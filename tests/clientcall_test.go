@@ -115,3 +115,47 @@ func TestApplicationCallsClient(t *testing.T) {
 		}
 	})
 }
+
+func TestApplicationCallsClientOnAnotherInstance(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	a := startSidecar(t, db)
+	b := startSidecar(t, db)
+
+	onB := dialToken(t, b, token(t, "carol", []string{"a"}, nil))
+	exposeTestMethods(onB)
+	onA := dialToken(t, a, token(t, "carol", []string{"a"}, nil))
+	exposeTestMethods(onA)
+	path := "/v1/clients/" + onB.Welcome().ClientID + "/call"
+
+	code, body := postJSON(t, a, path, testAPIKey, map[string]any{"method": "echo", "params": []string{"via", "postgres"}})
+	if res, _ := body["result"].([]any); code != http.StatusOK || len(res) != 2 || res[1] != "postgres" {
+		t.Fatalf("echo through instance A to a client on B = %d %v, want 200 with the params", code, body)
+	}
+
+	code, body = postJSON(t, a, path, testAPIKey, map[string]any{"method": "big"})
+	if res, _ := body["result"].(string); code != http.StatusOK || len(res) != 100<<10 {
+		t.Fatalf("100 KB result from another instance = %d with %d bytes, want 200 with 100 KB", code, len(res))
+	}
+
+	code, body = postJSON(t, a, path, testAPIKey, map[string]any{"method": "refuse"})
+	if e, _ := body["error"].(map[string]any); code != http.StatusBadGateway || e["code"] != "client_error" {
+		t.Fatalf("client error from another instance = %d %v, want 502 client_error", code, body)
+	}
+
+	bID := onB.Welcome().ClientID
+	code, _ = postJSON(t, a, "/v1/clients/"+bID[:11]+"unknownclientxxxxxxxxxx/call", testAPIKey, map[string]any{"method": "echo"})
+	if code != http.StatusNotFound {
+		t.Fatalf("unknown client on another instance = %d, want 404", code)
+	}
+
+	waitFor(t, "both instances to be recorded", func() bool {
+		var n int
+		_ = connect(t, db).QueryRow(context.Background(), `SELECT count(*) FROM realtime.instances`).Scan(&n)
+		return n == 2
+	})
+	code, body = postJSON(t, a, "/v1/subjects/call", testAPIKey, map[string]any{"subject": "carol", "method": "echo", "params": []int{1}})
+	results, _ := body["results"].([]any)
+	if code != http.StatusOK || len(results) != 2 {
+		t.Fatalf("subject with one connection on each instance = %d %v, want two results", code, body)
+	}
+}
