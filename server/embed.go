@@ -24,6 +24,15 @@ import (
 //
 // Call Start or Serve (or Run) once per Server: the pool cannot be reopened.
 func (s *Server) Start(ctx context.Context) (stop func()) {
+	// drain shuts down the http.Server it is given once the websockets are
+	// closed. This one never served, so its Shutdown returns at once; the
+	// embedding program shuts down its own server.
+	return s.run(ctx, &http.Server{})
+}
+
+// run starts the background work and returns the function that drains the
+// server, with httpServer, and stops everything. See Start.
+func (s *Server) run(ctx context.Context, httpServer *http.Server) (stop func()) {
 	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
 	s.ctx = runCtx
 
@@ -39,10 +48,7 @@ func (s *Server) Start(ctx context.Context) (stop func()) {
 		case <-stopping:
 		}
 
-		// drain shuts down the http.Server it is given once the websockets
-		// are closed. This one never served, so its Shutdown returns at
-		// once. The embedding program shuts down its own server.
-		s.drain(&http.Server{})
+		s.drain(httpServer)
 		cancelRun()
 		background.Wait()
 		if f, ok := s.app.(*appcall.Forwarder); ok {

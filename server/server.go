@@ -199,12 +199,6 @@ func (s *Server) Run(ctx context.Context) error {
 
 // Serve is Run on a listener the caller made; Serve closes it.
 func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
-	defer s.pool.Close()
-
-	runCtx, cancelRun := context.WithCancel(context.WithoutCancel(ctx))
-	defer cancelRun()
-	s.ctx = runCtx
-
 	httpServer := &http.Server{
 		Handler:           s.handler,
 		ReadHeaderTimeout: 10 * time.Second,
@@ -214,25 +208,15 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	go func() { httpDone <- httpServer.Serve(ln) }()
 	s.log.Info("serving", "addr", ln.Addr().String(), "version", s.cfg.Version)
 
-	var background sync.WaitGroup
-	background.Go(func() { s.start(runCtx) })
-
+	stop := s.run(ctx, httpServer)
 	select {
 	case <-ctx.Done():
+		stop()
+		return nil
 	case err := <-httpDone:
-		cancelRun()
-		background.Wait()
+		stop()
 		return fmt.Errorf("http server: %w", err)
 	}
-
-	s.drain(httpServer)
-	cancelRun()
-	background.Wait()
-	if f, ok := s.app.(*appcall.Forwarder); ok {
-		f.Close()
-	}
-	s.log.Info("stopped")
-	return nil
 }
 
 // start brings the instance to ready: migrations, settings, epoch and head,
