@@ -13,7 +13,7 @@ import (
 )
 
 // RoutingChannel carries the application's calls to clients, and their
-// answers, between sidecar instances.
+// responses, between sidecar instances.
 const RoutingChannel = "realtime_rpc"
 
 // instanceIDLen is the length of the instance prefix of every client id:
@@ -25,7 +25,7 @@ const maxNotifyPayload = 7999
 
 // routed is one message on the routing channel. Kind is q (a call of one
 // client), sq (a call of every connection of a subject, to all instances),
-// a and sa (their answers), or ref (a message too large for NOTIFY, stored
+// a and sa (their responses), or ref (a message too large for NOTIFY, stored
 // in realtime.rpc_messages under Ref).
 type routed struct {
 	Kind      string          `json:"k"`
@@ -46,7 +46,7 @@ type routed struct {
 }
 
 // router sends calls to clients of other instances through Postgres and
-// waits for their answers. It is safe for concurrent use.
+// waits for their responses. It is safe for concurrent use.
 type router struct {
 	s       *Server
 	mu      sync.Mutex
@@ -54,8 +54,8 @@ type router struct {
 	waiting map[string]chan routed
 }
 
-// await registers a request id whose answers arrive on the returned
-// channel, which holds up to n answers.
+// await registers a request id whose responses arrive on the returned
+// channel, which holds up to n of them.
 func (r *router) await(n int) (string, chan routed) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
@@ -132,14 +132,14 @@ func (r *router) callRemote(ctx context.Context, instance, clientID, method stri
 		}
 		return a.Result, nil, nil
 	case <-timer.C:
-		return nil, nil, fmt.Errorf("%w: no answer from the instance that holds it", errClientTimeout)
+		return nil, nil, fmt.Errorf("%w: no response from the instance that holds it", errClientTimeout)
 	case <-ctx.Done():
 		return nil, nil, ctx.Err()
 	}
 }
 
-// callSubjectRemote asks every other running instance to call the
-// connections of subject it holds, and gathers their results.
+// callSubjectRemote sends a call of subject's connections to every other
+// running instance and gathers the results each of them returns.
 func (r *router) callSubjectRemote(ctx context.Context, subject, method string, params json.RawMessage, timeout time.Duration) ([]subjectResult, error) {
 	var others int
 	err := r.s.pool.QueryRow(ctx, `SELECT count(*) FROM realtime.instances WHERE id <> $1 AND seen_at > now() - interval '30 seconds'`, r.s.instance).Scan(&others)
