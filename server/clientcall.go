@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"time"
 
@@ -18,98 +17,32 @@ var (
 	errClientTimeout = errors.New("the client did not answer in time")
 )
 
-// clientCalls tracks the requests the sidecar sent to one client and
-// waits for their responses. It is safe for concurrent use.
-type clientCalls struct {
-	mu      sync.Mutex
-	next    uint64
-	pending map[string]chan rpc.Message
-	closed  bool
-}
-
-// start registers a new call and returns its id and the channel its
-// response arrives on.
-func (cc *clientCalls) start() (string, chan rpc.Message, bool) {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	if cc.closed {
-		return "", nil, false
-	}
-	if cc.pending == nil {
-		cc.pending = map[string]chan rpc.Message{}
-	}
-	cc.next++
-	id := "sidecar-" + strconv.FormatUint(cc.next, 10)
-	ch := make(chan rpc.Message, 1)
-	cc.pending[id] = ch
-	return id, ch, true
-}
-
-func (cc *clientCalls) forget(id string) {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	delete(cc.pending, id)
-}
-
-// resolve hands a response from the client to its call. A response that
-// matches no call, such as one after its timeout, is dropped.
-func (cc *clientCalls) resolve(m rpc.Message) bool {
-	var id string
-	if err := json.Unmarshal(m.ID, &id); err != nil {
-		return false
-	}
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	ch, ok := cc.pending[id]
-	if ok {
-		delete(cc.pending, id)
-		ch <- m
-	}
-	return ok
-}
-
-// close fails every pending call: the connection has ended.
-func (cc *clientCalls) close() {
-	cc.mu.Lock()
-	defer cc.mu.Unlock()
-	cc.closed = true
-	for id, ch := range cc.pending {
-		close(ch)
-		delete(cc.pending, id)
-	}
-}
-
 // callClient sends a request to the client and waits for its response
 // until timeout. It returns the client's result, or its JSON-RPC error,
-// or errClientGone or errClientTimeout.
+// or an error wrapping errClientGone or errClientTimeout.
 func (sess *session) callClient(ctx context.Context, method string, params json.RawMessage, timeout time.Duration) (json.RawMessage, *rpc.Error, error) {
-	id, ch, ok := sess.calls.start()
-	if !ok {
-		return nil, nil, errClientGone
-	}
-	defer sess.calls.forget(id)
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
 
-	quoted, _ := json.Marshal(id)
-	if !sess.client.Send(rpc.EncodeRequest(quoted, method, params)) {
-		return nil, nil, errClientGone
+	var p any
+	if len(params) > 0 {
+		p = params
 	}
+	var result json.RawMessage
+	err := sess.peer.Call(ctx, method, p, &result)
 
-	timer := time.NewTimer(timeout)
-	defer timer.Stop()
-	select {
-	case m, ok := <-ch:
-		if !ok {
-			return nil, nil, errClientGone
-		}
-		if m.Error != nil {
-			return nil, m.Error, nil
-		}
-		return m.Result, nil, nil
-	case <-timer.C:
+	var rerr *rpc.Error
+	switch {
+	case err == nil:
+		return result, nil, nil
+	case errors.As(err, &rerr):
+		return nil, rerr, nil
+	case errors.Is(err, rpc.ErrClosed), errors.Is(err, errClientGone):
+		return nil, nil, errClientGone
+	case errors.Is(err, context.DeadlineExceeded):
 		return nil, nil, fmt.Errorf("%w (%s)", errClientTimeout, timeout)
-	case <-ctx.Done():
-		return nil, nil, ctx.Err()
 	}
+	return nil, nil, err
 }
 
 // sessions indexes the connected clients of this instance by client id and

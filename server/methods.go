@@ -36,10 +36,9 @@ func (sess *session) handle(ctx context.Context, msg []byte) {
 		return
 	}
 	if m.Kind == rpc.KindResponse {
-		// JSON-RPC sends no response to a response, even a stray one.
-		if !sess.calls.resolve(m) {
-			sess.log.Debug("response to no pending call ignored", "id", string(m.ID))
-		}
+		// A response to a call from the application. JSON-RPC sends no
+		// response to a response, even a stray one.
+		sess.peer.Receive(ctx, msg)
 		return
 	}
 

@@ -55,8 +55,9 @@ type session struct {
 	subsMu sync.Mutex
 	subs   map[string][]topic.Pattern
 
-	// calls are the requests sent to this client for the application.
-	calls clientCalls
+	// peer sends the application's requests to this client and matches
+	// the client's responses to them.
+	peer *rpc.Peer
 
 	authTimer   *time.Timer
 	expiryTimer atomic.Pointer[time.Timer]
@@ -131,11 +132,20 @@ func (s *Server) runSession(sess *session) {
 		})
 	}
 
+	sess.peer = rpc.NewPeer(rpc.PeerConfig{
+		Send: func(msg []byte) error {
+			if !sess.client.Send(msg) {
+				return errClientGone
+			}
+			return nil
+		},
+		Logger: sess.log,
+	})
 	s.sessions.add(sess)
 	s.sessions.setSubject(sess, sess.subject())
 	reason := sess.readLoop(ctx)
 	s.sessions.remove(sess)
-	sess.calls.close()
+	sess.peer.Close(errClientGone)
 	sess.stopTimers()
 	cancel()
 	sess.wg.Wait()
