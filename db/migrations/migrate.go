@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
@@ -78,8 +79,17 @@ func withProvider(ctx context.Context, databaseURL string, logger *slog.Logger, 
 	defer pool.Close()
 
 	// The version table lives in the schema, so the schema must exist
-	// before goose looks for it.
-	if _, err := pool.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS realtime"); err != nil {
+	// before goose looks for it. Two sessions running CREATE SCHEMA IF NOT
+	// EXISTS at once can still collide on the catalog's unique index, so
+	// the migration lock serialises them.
+	err = pgx.BeginFunc(ctx, pool, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock($1)", LockID); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, "CREATE SCHEMA IF NOT EXISTS realtime")
+		return err
+	})
+	if err != nil {
 		return fmt.Errorf("create schema realtime: %w", err)
 	}
 
