@@ -88,6 +88,7 @@ type Peer struct {
 	log         *slog.Logger
 
 	handlers handlerTable
+	preparer Preparer // takes what no handler takes; nil means -32601
 
 	// closing is cancelled by Close with the close error as its cause.
 	// Handler contexts follow it.
@@ -218,6 +219,10 @@ func (p *Peer) isClosed() bool {
 // dispatch handles a request or a notification.
 func (p *Peer) dispatch(ctx context.Context, m Message) {
 	h, ok := p.handlers.lookup(m.Method)
+	if !ok && p.preparer != nil {
+		p.dispatchPrepared(ctx, m)
+		return
+	}
 	if !ok {
 		p.reject(m, MethodNotFound(m.Method))
 		return
@@ -291,14 +296,27 @@ func (p *Peer) run(ctx context.Context, m Message, w work) {
 	p.running--
 	p.mu.Unlock()
 
+	p.respond(m, result, err)
+}
+
+// respond sends the response to a request whose work returned result and
+// err. A notification gets none.
+func (p *Peer) respond(m Message, result any, err error) {
 	var rerr *Error
 	if err != nil {
 		rerr = p.errorResponse(m, err)
 	}
+
+	if r, ok := result.(Replier); ok && rerr == nil {
+		if m.Kind == KindRequest {
+			p.sendResponse(EncodeResult(m.ID, r.ReplyValue()))
+		}
+		r.AfterReply()
+		return
+	}
 	if m.Kind == KindNotification {
 		return
 	}
-
 	if rerr != nil {
 		p.sendResponse(EncodeError(m.ID, rerr))
 		return

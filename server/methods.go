@@ -26,80 +26,50 @@ type call struct {
 	publish bool // keeps its order among the connection's publishes
 }
 
-// handle processes one text message. Requests are checked in the order the
-// protocol defines: parse, request shape, method, params, authentication,
-// authorization, rate. The first failure is the response.
+// handle processes one text message through the connection's rpc.Peer:
+// responses complete the application's calls, and requests and
+// notifications go to prepareMessage. Requests are checked in the order
+// the protocol defines: parse, request shape, method, params,
+// authentication, authorization, rate. The first failure is the response.
 func (sess *session) handle(ctx context.Context, msg []byte) {
-	m, rerr := rpc.Decode(msg)
-	if rerr != nil {
-		sess.reply(m.ID, nil, rerr)
-		return
-	}
-	if m.Kind == rpc.KindResponse {
-		// A response to a call from the application. JSON-RPC sends no
-		// response to a response, even a stray one.
-		sess.peer.Receive(ctx, msg)
-		return
-	}
-
-	c, rerr := sess.prepare(m)
-	if rerr != nil {
-		sess.reply(m.ID, nil, rerr)
-		return
-	}
-
-	if c.inline {
-		result, rerr := c.run(ctx)
-		sess.reply(m.ID, result, rerr)
-		return
-	}
-
-	if sess.inFlight.Load() >= int64(sess.srv.cfg.MaxInFlight) {
-		sess.reply(m.ID, nil, rpc.Errorf(rpc.CodeRateLimited,
-			"too many requests in flight on this connection (limit %d): wait for answers before sending more", sess.srv.cfg.MaxInFlight))
-		return
-	}
-	sess.inFlight.Add(1)
-
-	prev, done := (chan struct{})(nil), (chan struct{})(nil)
-	if c.publish {
-		prev, done = sess.lastPublish, make(chan struct{})
-		sess.lastPublish = done
-	}
-
-	sess.wg.Go(func() {
-		defer sess.inFlight.Add(-1)
-		if prev != nil {
-			<-prev
-			defer close(done)
-		}
-		result, rerr := c.run(ctx)
-		sess.reply(m.ID, result, rerr)
-	})
+	sess.peer.Receive(ctx, msg)
 }
 
-// reply sends the response to a request; notifications get none. A
-// subscription starts right after its result is queued, so the result
-// comes before every event of it.
-func (sess *session) reply(id json.RawMessage, result any, rerr *rpc.Error) {
-	if r, ok := result.(subscribeResult); ok {
-		if id != nil {
-			sess.client.Send(rpc.EncodeResult(id, r.result))
-		}
-		r.sub.Start(r.replay)
-		return
-	}
+// prepareMessage is the session's rpc.Preparer. A publish waits for the
+// connection's previous publish, so publishes commit in arrival order.
+func (sess *session) prepareMessage(_ context.Context, m rpc.Message) (rpc.Prepared, *rpc.Error) {
+	c, rerr := sess.prepare(m)
 	if rerr != nil {
-		if id == nil && rerr.Code != rpc.CodeParseError && rerr.Code != rpc.CodeInvalidRequest {
-			return // a notification: JSON-RPC sends no response, even for errors
+		return rpc.Prepared{}, rerr
+	}
+
+	run := func(ctx context.Context) (any, error) {
+		result, rerr := c.run(ctx)
+		if rerr != nil {
+			return nil, rerr
 		}
-		sess.client.Send(rpc.EncodeError(id, rerr))
-		return
+		return result, nil
 	}
-	if id == nil {
-		return
+	if !c.publish {
+		return rpc.Prepared{Run: run, Inline: c.inline}, nil
 	}
-	sess.client.Send(rpc.EncodeResult(id, result))
+
+	prev, done := sess.lastPublish, make(chan struct{})
+	sess.lastPublish = done
+	return rpc.Prepared{
+		Run: func(ctx context.Context) (any, error) {
+			<-prev
+			defer close(done)
+			return run(ctx)
+		},
+		// A publish that does not run must not hold up the next one.
+		Dropped: func() {
+			go func() {
+				<-prev
+				close(done)
+			}()
+		},
+	}, nil
 }
 
 // prepare runs every check that needs no database and returns the work
@@ -264,13 +234,17 @@ func (sess *session) subscribe(ctx context.Context, p subscribeParams, patterns 
 	}}, nil
 }
 
-// subscribeResult makes the reply path send the result and then start the
-// subscription, in that order.
+// subscribeResult makes the peer send the result and then start the
+// subscription, in that order, so the result comes before every event of
+// the subscription.
 type subscribeResult struct {
 	sub    *hub.Subscription
 	replay []hub.Event
 	result map[string]any
 }
+
+func (r subscribeResult) ReplyValue() any { return r.result }
+func (r subscribeResult) AfterReply()     { r.sub.Start(r.replay) }
 
 // replay checks a resume point and reads the events after it.
 func (sess *session) replay(ctx context.Context, patterns []topic.Pattern, since int64, clientEpoch *string, epoch string, watermark int64) ([]hub.Event, *rpc.Error) {

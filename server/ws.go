@@ -42,9 +42,6 @@ type session struct {
 
 	claims atomic.Pointer[auth.Claims] // nil until authenticated
 
-	inFlight atomic.Int64
-	wg       sync.WaitGroup
-
 	// lastPublish is closed when the previous publish of this connection
 	// has finished, so publishes commit in the order they arrived. Only
 	// the read loop touches it.
@@ -139,8 +136,10 @@ func (s *Server) runSession(sess *session) {
 			}
 			return nil
 		},
-		Logger: sess.log,
+		MaxInFlight: s.cfg.MaxInFlight,
+		Logger:      sess.log,
 	})
+	sess.peer.SetPreparer(sess.prepareMessage)
 	s.sessions.add(sess)
 	s.sessions.setSubject(sess, sess.subject())
 	reason := sess.readLoop(ctx)
@@ -148,7 +147,7 @@ func (s *Server) runSession(sess *session) {
 	sess.peer.Close(errClientGone)
 	sess.stopTimers()
 	cancel()
-	sess.wg.Wait()
+	sess.peer.Wait()
 	<-sess.client.Done()
 	sess.log.Info("client disconnected", "sub", sess.subject(), "reason", reason)
 }
