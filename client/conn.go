@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"github.com/pgsidecar/sidecar/rpc"
 	"io"
 	"log/slog"
 	"net"
@@ -126,8 +127,11 @@ type Conn struct {
 	quit     chan struct{}
 	quitOnce sync.Once
 
-	done       chan struct{} // closed when the reader has torn everything down
-	handlerWG  sync.WaitGroup
+	done      chan struct{} // closed when the reader has torn everything down
+	handlerWG sync.WaitGroup
+	// peer serves the requests and notifications that the sidecar sends
+	// for the application, with the handlers of Handle.
+	peer       *rpc.Peer
 	closeOnce  sync.Once
 	closeErr   error
 	idle       idleWatch
@@ -251,7 +255,7 @@ func newConn(ctx context.Context, ws *websocket.Conn, opts Options) *Conn {
 
 	// The connection keeps ctx's values but not its deadline.
 	lifetime, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	return &Conn{
+	c := &Conn{
 		ws:       ws,
 		log:      log,
 		buffer:   buffer,
@@ -264,6 +268,9 @@ func newConn(ctx context.Context, ws *websocket.Conn, opts Options) *Conn {
 		quit:     make(chan struct{}),
 		done:     make(chan struct{}),
 	}
+	c.peer = rpc.NewPeer(rpc.PeerConfig{Send: c.write, Logger: log})
+	c.peer.SetPreparer(c.prepareIncoming)
+	return c
 }
 
 // Welcome returns the welcome notification that Dial waited for.
@@ -333,6 +340,7 @@ func (c *Conn) shutdown(handshake bool) error {
 		c.cancel()
 		<-c.done
 		c.handlerWG.Wait()
+		c.peer.Wait()
 	})
 	return c.closeErr
 }

@@ -4,7 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
+	"github.com/pgsidecar/sidecar/rpc"
 )
 
 // Handler computes the response to a request that the sidecar forwards to
@@ -22,8 +22,10 @@ type Handler func(ctx context.Context, params json.RawMessage) (result any, err 
 // a method without a handler gets a CodeMethodNotFound error. Notifications
 // for one are ignored, and a notification's result or error is discarded.
 //
-// Each request or notification runs h on a goroutine of its own, so
-// handlers run concurrently and in no particular order. A request that
+// Each request or notification runs h on a goroutine of its own, through
+// an rpc.Peer, so handlers run concurrently and in no particular order, at
+// most rpc.DefaultMaxInFlight at once. A handler that panics is recovered,
+// logged, and answered with an internal error. A request that
 // arrives before its handler is registered gets CodeMethodNotFound, so use
 // Options.Handlers for handlers that must be there from the start.
 //
@@ -45,37 +47,31 @@ func (c *Conn) handler(method string) Handler {
 	return c.handlers[method]
 }
 
-// serveRequest responds to a request from the sidecar on a new goroutine,
-// so that a slow handler never blocks the reader.
-func (c *Conn) serveRequest(m inbound) {
-	h := c.handler(m.Method)
-	c.handlerWG.Go(func() {
-		var msg []byte
-		if h == nil {
-			msg = encodeResponse(m.ID, nil, &RPCError{Code: CodeMethodNotFound, Message: fmt.Sprintf("method %q not found", m.Method)})
-		} else {
-			result, err := h(c.ctx, m.Params)
-			msg = encodeResponse(m.ID, result, asRPCError(err))
-		}
-
-		if err := c.write(msg); err != nil {
-			c.log.Debug("could not send a response to the sidecar", "method", m.Method, "id", string(m.ID), "error", err)
-		}
-	})
-}
-
-// serveNotification runs the handler for a notification, if there is one.
-func (c *Conn) serveNotification(m inbound) {
+// prepareIncoming is the rpc.Preparer of the connection's peer: it finds
+// the Handler for a request or notification from the sidecar. The peer runs
+// each on a goroutine of its own, recovers a panicking handler as an
+// internal error, and bounds how many run at once.
+func (c *Conn) prepareIncoming(_ context.Context, m rpc.Message) (rpc.Prepared, *rpc.Error) {
 	h := c.handler(m.Method)
 	if h == nil {
-		c.log.Debug("ignored a notification with no handler", "method", m.Method)
-		return
-	}
-	c.handlerWG.Go(func() {
-		if _, err := h(c.ctx, m.Params); err != nil {
-			c.log.Debug("notification handler failed", "method", m.Method, "error", err)
+		if m.Kind == rpc.KindNotification {
+			c.log.Debug("ignored a notification with no handler", "method", m.Method)
 		}
-	})
+		return rpc.Prepared{}, rpc.MethodNotFound(m.Method)
+	}
+
+	return rpc.Prepared{Run: func(ctx context.Context) (any, error) {
+		result, err := h(ctx, m.Params)
+		if err != nil {
+			e := asRPCError(err)
+			out := &rpc.Error{Code: e.Code, Message: e.Message}
+			if len(e.Data) > 0 {
+				out.Data = e.Data
+			}
+			return nil, out
+		}
+		return result, nil
+	}}, nil
 }
 
 // asRPCError returns the *RPCError in err's chain, or wraps any other error
@@ -89,36 +85,4 @@ func asRPCError(err error) *RPCError {
 		return rpcErr
 	}
 	return &RPCError{Code: CodeInternal, Message: err.Error()}
-}
-
-// response is a JSON-RPC response. Result is a pointer so that a null
-// result is still written.
-type response struct {
-	JSONRPC string           `json:"jsonrpc"`
-	ID      json.RawMessage  `json:"id"`
-	Result  *json.RawMessage `json:"result,omitempty"`
-	Error   *RPCError        `json:"error,omitempty"`
-}
-
-// encodeResponse encodes a response with id, which is the request's id as
-// received. A result that cannot be encoded becomes an internal error.
-func encodeResponse(id json.RawMessage, result any, rpcErr *RPCError) []byte {
-	r := response{JSONRPC: "2.0", ID: id}
-	if rpcErr == nil {
-		raw, err := marshal(result)
-		if err != nil {
-			rpcErr = &RPCError{Code: CodeInternal, Message: fmt.Sprintf("the result cannot be encoded as JSON: %v", err)}
-		} else {
-			r.Result = (*json.RawMessage)(&raw)
-		}
-	}
-	r.Error = rpcErr
-
-	msg, err := marshal(r)
-	if err != nil {
-		// Only invalid RPCError.Data can fail here.
-		r.Error = &RPCError{Code: rpcErr.Code, Message: rpcErr.Message}
-		msg, _ = marshal(r)
-	}
-	return msg
 }

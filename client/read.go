@@ -51,9 +51,9 @@ func (c *Conn) dispatch(msg []byte) {
 
 	switch {
 	case m.Method != "" && m.ID != nil:
-		c.serveRequest(m)
+		c.peer.Receive(c.ctx, msg)
 	case m.Method != "":
-		c.handleNotification(m)
+		c.handleNotification(m, msg)
 	case m.ID != nil:
 		c.handleResponse(m)
 	default:
@@ -61,7 +61,7 @@ func (c *Conn) dispatch(msg []byte) {
 	}
 }
 
-func (c *Conn) handleNotification(m inbound) {
+func (c *Conn) handleNotification(m inbound, msg []byte) {
 	switch m.Method {
 	case "event":
 		c.routeEvent(m.Params)
@@ -70,7 +70,7 @@ func (c *Conn) handleNotification(m inbound) {
 	case "welcome":
 		c.handleWelcome(m.Params)
 	default:
-		c.serveNotification(m)
+		c.peer.Receive(c.ctx, msg)
 	}
 }
 
@@ -188,6 +188,7 @@ func (c *Conn) teardown(readErr error) {
 		sub.end(err)
 	}
 
+	c.peer.Close(err)
 	c.cancel()
 	close(c.done)
 }
