@@ -34,6 +34,10 @@ type Config struct {
 	MaxEventBytes int
 	ReplayLimit   int
 	MaxInFlight   int
+	// MessageRate and MessageBurst bound the requests of one connection
+	// per second, as a token bucket.
+	MessageRate  float64
+	MessageBurst int
 	// MaxSubscriptions bounds the subscriptions of one connection.
 	MaxSubscriptions int
 
@@ -68,6 +72,8 @@ func Defaults() Config {
 		ReplayLimit:      10000,
 		MaxInFlight:      1024,
 		MaxSubscriptions: 1000,
+		MessageRate:      100,
+		MessageBurst:     1024,
 		Heartbeat:        25 * time.Second,
 		AuthTimeout:      10 * time.Second,
 		UnreadyAfter:     30 * time.Second,
@@ -93,6 +99,9 @@ func (c *Config) Validate() error {
 	}
 	if err := checkOrigins(c.AllowedOrigins); err != nil {
 		errs = append(errs, err)
+	}
+	if c.MessageRate <= 0 || c.MessageBurst < 1 {
+		errs = append(errs, fmt.Errorf("--message-rate is %g and --message-burst %d: both must be positive", c.MessageRate, c.MessageBurst))
 	}
 	if c.MaxSubscriptions < 1 {
 		errs = append(errs, fmt.Errorf("--max-subscriptions is %d: it must be at least 1", c.MaxSubscriptions))

@@ -42,6 +42,14 @@ func (sess *session) prepareMessage(_ context.Context, m rpc.Message) (rpc.Prepa
 	if rerr != nil {
 		return rpc.Prepared{}, rerr
 	}
+	if ok, abusive := sess.guard.allow(); !ok {
+		if abusive {
+			sess.log.Warn("closing a client that keeps sending over its message rate", "rate", sess.srv.cfg.MessageRate)
+			sess.client.Close(int(closePolicy), "message rate exceeded")
+		}
+		return rpc.Prepared{}, rpc.Errorf(rpc.CodeRateLimited,
+			"more than %g requests per second on this connection: slow down", sess.srv.cfg.MessageRate)
+	}
 
 	run := func(ctx context.Context) (any, error) {
 		result, rerr := c.run(ctx)

@@ -52,6 +52,9 @@ type session struct {
 	subsMu sync.Mutex
 	subs   map[string][]topic.Pattern
 
+	// guard limits the client's requests per second.
+	guard *messageGuard
+
 	// peer sends the application's requests to this client and matches
 	// the client's responses to them.
 	peer *rpc.Peer
@@ -97,7 +100,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	}
 	conn.SetReadLimit(s.cfg.readLimit())
 
-	sess := &session{srv: s, conn: conn, id: s.instance + randomID(16), lastPublish: closedChan()}
+	sess := &session{srv: s, conn: conn, id: s.instance + randomID(16), lastPublish: closedChan(),
+		guard: newMessageGuard(s.cfg.MessageRate, s.cfg.MessageBurst)}
 	sess.log = s.log.With("client_id", sess.id)
 	if claims != nil {
 		sess.setClaims(claims)

@@ -3,6 +3,7 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"errors"
 	"net/http"
 	"strings"
@@ -417,5 +418,39 @@ func TestSubscriptionLimitPerConnection(t *testing.T) {
 		if i == 2 && errorCode(msg) != -32004 {
 			t.Fatalf("subscribe over the limit = %v, want -32004", msg)
 		}
+	}
+}
+
+func TestMessageRateLimitPerConnection(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) {
+		c.MessageRate = 1
+		c.MessageBurst = 5
+	})
+	rc := dialRaw(t, sc, authHeader(token(t, "u", []string{"a"}, nil)))
+	for i := range 20 {
+		rc.send(websocket.MessageText, fmt.Sprintf(`{"jsonrpc": "2.0", "id": %d, "method": "ping"}`, i))
+	}
+	pongs, limited := 0, 0
+	for range 20 {
+		msg := rc.read()
+		switch {
+		case msg["result"] == "pong":
+			pongs++
+		case errorCode(msg) == -32004:
+			limited++
+		default:
+			t.Fatalf("reply = %v, want pong or -32004", msg)
+		}
+	}
+	if pongs < 5 || limited == 0 {
+		t.Fatalf("20 pings at once with a burst of 5: %d pongs, %d refused; want at least 5 pongs and some -32004", pongs, limited)
+	}
+
+	// Other connections are not affected.
+	other := dialRaw(t, sc, authHeader(token(t, "v", []string{"a"}, nil)))
+	other.send(websocket.MessageText, `{"jsonrpc": "2.0", "id": 1, "method": "ping"}`)
+	if msg := other.read(); msg["result"] != "pong" {
+		t.Fatalf("ping on another connection = %v, want pong", msg)
 	}
 }
