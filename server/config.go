@@ -38,6 +38,10 @@ type Config struct {
 	// per second, as a token bucket.
 	MessageRate  float64
 	MessageBurst int
+	// MaxConnections and MaxConnectionsPerSubject bound the websockets of
+	// this instance, in all and per token subject.
+	MaxConnections           int
+	MaxConnectionsPerSubject int
 	// MaxSubscriptions bounds the subscriptions of one connection.
 	MaxSubscriptions int
 
@@ -65,26 +69,28 @@ type Config struct {
 // Defaults returns the documented default configuration.
 func Defaults() Config {
 	return Config{
-		Addr:             ":7070",
-		AppRPCTimeout:    10 * time.Second,
-		Retention:        24 * time.Hour,
-		MaxEventBytes:    1 << 20,
-		ReplayLimit:      10000,
-		MaxInFlight:      1024,
-		MaxSubscriptions: 1000,
-		MessageRate:      100,
-		MessageBurst:     1024,
-		Heartbeat:        25 * time.Second,
-		AuthTimeout:      10 * time.Second,
-		UnreadyAfter:     30 * time.Second,
-		DrainTimeout:     15 * time.Second,
-		QueueBytes:       4 << 20,
-		MaxQueueBytes:    256 << 20,
-		SlowGrace:        5 * time.Second,
-		WriteTimeout:     10 * time.Second,
-		NotifyQueueWarn:  0.1,
-		Migrate:          true,
-		Version:          "dev",
+		Addr:                     ":7070",
+		AppRPCTimeout:            10 * time.Second,
+		Retention:                24 * time.Hour,
+		MaxEventBytes:            1 << 20,
+		ReplayLimit:              10000,
+		MaxInFlight:              1024,
+		MaxSubscriptions:         1000,
+		MaxConnections:           50000,
+		MaxConnectionsPerSubject: 100,
+		MessageRate:              100,
+		MessageBurst:             1024,
+		Heartbeat:                25 * time.Second,
+		AuthTimeout:              10 * time.Second,
+		UnreadyAfter:             30 * time.Second,
+		DrainTimeout:             15 * time.Second,
+		QueueBytes:               4 << 20,
+		MaxQueueBytes:            256 << 20,
+		SlowGrace:                5 * time.Second,
+		WriteTimeout:             10 * time.Second,
+		NotifyQueueWarn:          0.1,
+		Migrate:                  true,
+		Version:                  "dev",
 	}
 }
 
@@ -102,6 +108,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MessageRate <= 0 || c.MessageBurst < 1 {
 		errs = append(errs, fmt.Errorf("--message-rate is %g and --message-burst %d: both must be positive", c.MessageRate, c.MessageBurst))
+	}
+	if c.MaxConnections < 1 || c.MaxConnectionsPerSubject < 1 {
+		errs = append(errs, fmt.Errorf("--max-connections is %d and --max-connections-per-subject %d: both must be at least 1", c.MaxConnections, c.MaxConnectionsPerSubject))
 	}
 	if c.MaxSubscriptions < 1 {
 		errs = append(errs, fmt.Errorf("--max-subscriptions is %d: it must be at least 1", c.MaxSubscriptions))

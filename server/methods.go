@@ -416,6 +416,13 @@ func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
 			return nil, rpc.Errorf(rpc.CodeForbidden, "the new token is for subject %q, but this connection belongs to %q: open a new connection", claims.Subject, old.Subject)
 		}
 
+		if old := sess.claims.Load(); old == nil || old.Anonymous {
+			// The connection is counted under its subject from now on.
+			if !sess.srv.conns.addSubject(claims.Subject, sess.srv.cfg.MaxConnectionsPerSubject) {
+				return nil, rpc.Errorf(rpc.CodeRateLimited, "subject %q already has the most connections allowed: close one first", claims.Subject)
+			}
+			sess.lateSubject = claims.Subject
+		}
 		removed := sess.pruneSubscriptions(claims)
 		sess.setClaims(claims)
 		sess.srv.sessions.setSubject(sess, claims.Subject)

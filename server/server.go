@@ -70,6 +70,7 @@ type Server struct {
 
 	handler  http.Handler
 	sessions sessions // connected clients, for calls from the application
+	conns    connLimits
 }
 
 // New checks cfg and builds a server. It connects to nothing yet: Run does.

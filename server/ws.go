@@ -52,6 +52,10 @@ type session struct {
 	subsMu sync.Mutex
 	subs   map[string][]topic.Pattern
 
+	// lateSubject is the subject counted against its connection limit by
+	// an auth message; the connection releases it when it ends.
+	lateSubject string
+
 	// guard limits the client's requests per second.
 	guard *messageGuard
 
@@ -89,6 +93,23 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		writeError(w, status, "invalid_token", msg)
 		return
 	}
+
+	subject := ""
+	if claims != nil {
+		subject = claims.Subject
+	}
+	switch s.conns.acquire(subject, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSubject) {
+	case "total":
+		s.log.Warn("websocket refused: connection limit reached", "limit", s.cfg.MaxConnections)
+		writeError(w, http.StatusServiceUnavailable, "too_many_connections", "this sidecar has reached --max-connections: connect to another instance or retry later")
+		return
+	case "subject":
+		s.log.Info("websocket refused: subject at its connection limit", "sub", subject, "limit", s.cfg.MaxConnectionsPerSubject)
+		writeError(w, http.StatusTooManyRequests, "too_many_connections", "this token's subject already has the most connections allowed (--max-connections-per-subject): close one first")
+		return
+	}
+	counted := subject
+	defer func() { s.conns.release(counted) }()
 
 	// The origin was checked above, with the same rules as the library's
 	// own check and an error that names the setting.
@@ -149,6 +170,7 @@ func (s *Server) runSession(sess *session) {
 	reason := sess.readLoop(ctx)
 	s.sessions.remove(sess)
 	sess.peer.Close(errClientGone)
+	s.conns.releaseSubject(sess.lateSubject)
 	sess.stopTimers()
 	cancel()
 	sess.peer.Wait()

@@ -454,3 +454,43 @@ func TestMessageRateLimitPerConnection(t *testing.T) {
 		t.Fatalf("ping on another connection = %v, want pong", msg)
 	}
 }
+
+func TestConnectionLimits(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) {
+		c.MaxConnections = 3
+		c.MaxConnectionsPerSubject = 2
+	})
+	dialStatus := func(tok string) int {
+		ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+		defer cancel()
+		conn, resp, err := websocket.Dial(ctx, sc.ws, &websocket.DialOptions{HTTPHeader: authHeader(tok)})
+		if err == nil {
+			t.Cleanup(func() { conn.CloseNow() })
+			return http.StatusSwitchingProtocols
+		}
+		if resp == nil {
+			t.Fatalf("dial: %v", err)
+		}
+		return resp.StatusCode
+	}
+
+	alice := token(t, "alice", []string{"a"}, nil)
+	for i := range 2 {
+		if got := dialStatus(alice); got != http.StatusSwitchingProtocols {
+			t.Fatalf("alice's connection %d = %d, want 101", i+1, got)
+		}
+	}
+	if got := dialStatus(alice); got != http.StatusTooManyRequests {
+		t.Fatalf("alice's third connection = %d, want 429", got)
+	}
+	if got := dialStatus(token(t, "bob", []string{"a"}, nil)); got != http.StatusSwitchingProtocols {
+		t.Fatalf("bob's connection = %d, want 101", got)
+	}
+	if got := dialStatus(token(t, "carol", []string{"a"}, nil)); got != http.StatusServiceUnavailable {
+		t.Fatalf("a fourth connection = %d, want 503", got)
+	}
+	if code, _ := sc.readyz(t); code != http.StatusOK {
+		t.Fatalf("/readyz = %d at the connection limit, want 200", code)
+	}
+}
