@@ -2,6 +2,7 @@ package tests
 
 import (
 	"context"
+	"crypto/md5"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -138,6 +139,15 @@ func TestRowTopicTemplateSanitizesValues(t *testing.T) {
 		if got := lastEvent(t, sql).Topic; got != tt.want {
 			t.Errorf("topic for owner %q, folder %v = %q, want %q", tt.owner, tt.folder, got, tt.want)
 		}
+	}
+
+	// A value over 64 bytes becomes its MD5, so the write cannot fail on
+	// the topic's length.
+	long := strings.Repeat("o", 300)
+	sum := fmt.Sprintf("%x", md5.Sum([]byte(long)))
+	exec(t, sql, `INSERT INTO docs (owner, folder) VALUES ($1, 'f')`, long)
+	if got, want := lastEvent(t, sql).Topic, "docs."+sum+".f."+sum; got != want {
+		t.Errorf("topic for a 300-byte owner = %q, want %q", got, want)
 	}
 
 	exec(t, sql, `UPDATE docs SET owner = 'bob' WHERE owner = 'ann'`)

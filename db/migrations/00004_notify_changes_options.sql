@@ -124,8 +124,13 @@ BEGIN
                 RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument topic=%: table has no column %', TG_TABLE_SCHEMA, TG_TABLE_NAME, template, quote_ident(col)
                     USING ERRCODE = 'invalid_parameter_value';
             END IF;
-            value := topic_row ->> col;
-            topic := replace(topic, '{' || col || '}', coalesce(realtime.sanitize(value), '_'));
+            value := coalesce(realtime.sanitize(topic_row ->> col), '_');
+            -- A long value would make the topic too long and the write
+            -- fail; its MD5 in hex keeps one topic per value instead.
+            IF octet_length(value) > 64 THEN
+                value := md5(topic_row ->> col);
+            END IF;
+            topic := replace(topic, '{' || col || '}', value);
         END LOOP;
 
         -- The same grammar as realtime.check_topic, checked here so that the
