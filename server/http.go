@@ -55,6 +55,16 @@ func (s *Server) routes() http.Handler {
 		},
 	}))
 
+	// CORS for the HTTP API, from the same allow-list as the websocket's
+	// origin check. The websocket checks origins itself at the upgrade.
+	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
+		Skipper:         func(c echo.Context) bool { return c.Request().URL.Path == "/v1/ws" },
+		AllowOriginFunc: s.corsOrigin,
+		AllowMethods:    []string{http.MethodGet, http.MethodPost, http.MethodOptions},
+		AllowHeaders:    []string{"Authorization", "Content-Type", "Idempotency-Key"},
+		MaxAge:          600,
+	}))
+
 	e.GET("/healthz", func(c echo.Context) error {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})

@@ -25,6 +25,12 @@ func (s *Server) originAllowed(r *http.Request) bool {
 		return true
 	}
 
+	return s.originListed(u)
+}
+
+// originListed reports whether an entry of --allowed-origins matches u's
+// scheme://host[:port].
+func (s *Server) originListed(u *url.URL) bool {
 	full := strings.ToLower(u.Scheme + "://" + u.Host)
 	for _, pattern := range s.originPatterns {
 		if ok, _ := path.Match(strings.ToLower(pattern), full); ok {
@@ -32,6 +38,16 @@ func (s *Server) originAllowed(r *http.Request) bool {
 		}
 	}
 	return false
+}
+
+// corsOrigin is the CORS rule of the HTTP API: only the origins of
+// --allowed-origins get CORS headers. Same-origin requests need none.
+func (s *Server) corsOrigin(origin string) (bool, error) {
+	u, err := url.Parse(origin)
+	if err != nil || u.Host == "" {
+		return false, nil
+	}
+	return s.originListed(u), nil
 }
 
 // checkOrigins validates the entries of --allowed-origins: each is a full

@@ -494,3 +494,29 @@ func TestConnectionLimits(t *testing.T) {
 		t.Fatalf("/readyz = %d at the connection limit, want 200", code)
 	}
 }
+
+func TestCORSOnHTTPAPI(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.AllowedOrigins = []string{"https://*.example.com"} })
+
+	preflight := func(origin string) *http.Response {
+		req, _ := http.NewRequest(http.MethodOptions, sc.base+"/v1/publish", nil)
+		req.Header.Set("Origin", origin)
+		req.Header.Set("Access-Control-Request-Method", "POST")
+		req.Header.Set("Access-Control-Request-Headers", "authorization,content-type")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp
+	}
+
+	resp := preflight("https://app.example.com")
+	if resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example.com" {
+		t.Fatalf("preflight from an allowed origin: status %d, headers %v; want Access-Control-Allow-Origin", resp.StatusCode, resp.Header)
+	}
+	if resp := preflight("https://evil.test"); resp.Header.Get("Access-Control-Allow-Origin") != "" {
+		t.Fatalf("preflight from another origin got Access-Control-Allow-Origin %q, want none", resp.Header.Get("Access-Control-Allow-Origin"))
+	}
+}
