@@ -160,21 +160,14 @@ func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
 func (r *Relay) catchUp(ctx context.Context) error {
 	clear(r.pending)
 
-	delay := 100 * time.Millisecond
 	r.checkHead(ctx)
 	total := 0
 	for {
-		page, err := r.cfg.Store.After(ctx, r.last, CatchUpPage)
+		page, err := retryRead(ctx, r.log.With("after_id", r.last), "catch-up read", func() ([]store.Event, error) {
+			return r.cfg.Store.After(ctx, r.last, CatchUpPage)
+		})
 		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			r.log.Warn("catch-up read failed, retrying", "after_id", r.last, "retry_in", delay, "err", err)
-			if !sleep(ctx, delay) {
-				return ctx.Err()
-			}
-			delay = min(2*delay, 5*time.Second)
-			continue
+			return err
 		}
 
 		for _, ev := range page {
@@ -315,16 +308,24 @@ func (r *Relay) commit(ctx context.Context, n notification) error {
 // readSegment retries until the read succeeds or ctx ends: skipping the
 // segment would lose its events.
 func (r *Relay) readSegment(ctx context.Context, segment int64, ords []int32) ([]store.Event, error) {
+	return retryRead(ctx, r.log.With("segment", segment), "reading a committed segment", func() ([]store.Event, error) {
+		return r.cfg.Store.Segment(ctx, segment, ords)
+	})
+}
+
+// retryRead calls read until it succeeds or ctx ends, backing off from
+// 100 ms to 5 s and logging each failure as what failed.
+func retryRead(ctx context.Context, log *slog.Logger, what string, read func() ([]store.Event, error)) ([]store.Event, error) {
 	delay := 100 * time.Millisecond
 	for {
-		events, err := r.cfg.Store.Segment(ctx, segment, ords)
+		events, err := read()
 		if err == nil {
 			return events, nil
 		}
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		r.log.Warn("reading a committed segment failed, retrying", "segment", segment, "retry_in", delay, "err", err)
+		log.Warn(what+" failed, retrying", "retry_in", delay, "err", err)
 		if !sleep(ctx, delay) {
 			return nil, ctx.Err()
 		}

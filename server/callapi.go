@@ -86,20 +86,20 @@ func (s *Server) callClientHTTP(c echo.Context) error {
 
 	switch {
 	case errors.Is(err, errClientTimeout):
-		return apiError(c, http.StatusGatewayTimeout, "timeout", fmt.Sprintf("client %s did not answer %s within %s", id, *req.Method, timeout))
+		return apiError(c, http.StatusGatewayTimeout, "timeout", fmt.Sprintf("client %s did not respond to %s within %s", id, *req.Method, timeout))
 	case errors.Is(err, errClientGone):
-		return apiError(c, http.StatusNotFound, "unknown_client", fmt.Sprintf("no client %q is connected, or it disconnected before it answered", id))
+		return apiError(c, http.StatusNotFound, "unknown_client", fmt.Sprintf("no client %q is connected, or it disconnected before it responded", id))
 	case err != nil:
 		return apiError(c, http.StatusServiceUnavailable, "canceled", "the call was canceled: "+err.Error())
 	case rerr != nil:
 		return c.JSON(http.StatusBadGateway, map[string]any{"error": map[string]any{
-			"code": "client_error", "message": fmt.Sprintf("client %s answered %s with an error", id, *req.Method), "rpc": rerr,
+			"code": "client_error", "message": fmt.Sprintf("client %s returned an error for %s", id, *req.Method), "rpc": rerr,
 		}})
 	}
 	return c.JSON(http.StatusOK, map[string]any{"result": nullIfEmpty(result)})
 }
 
-// subjectResult is one connection's answer in POST /v1/subjects/call.
+// subjectResult is one connection's response in POST /v1/subjects/call.
 type subjectResult struct {
 	ClientID string          `json:"client_id"`
 	Result   json.RawMessage `json:"result,omitempty"`
@@ -135,7 +135,7 @@ func callOne(ctx context.Context, sess *session, method string, params json.RawM
 	out := subjectResult{ClientID: sess.id}
 	switch {
 	case err != nil:
-		out.Error = rpc.Errorf(rpc.CodeAppCallFailed, "the client did not answer: %v", err)
+		out.Error = rpc.Errorf(rpc.CodeAppCallFailed, "the client did not respond: %v", err)
 	case rerr != nil:
 		out.Error = rerr
 	default:

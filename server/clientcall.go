@@ -13,8 +13,8 @@ import (
 
 // Errors of calls from the application to a client.
 var (
-	errClientGone    = errors.New("the client disconnected before it answered")
-	errClientTimeout = errors.New("the client did not answer in time")
+	errClientGone    = errors.New("the client disconnected before it responded")
+	errClientTimeout = errors.New("the client did not respond in time")
 )
 
 // callClient sends a request to the client and waits for its response

@@ -22,10 +22,11 @@ type Config struct {
 	AllowedOrigins     []string
 	ListenChannels     []string
 
-	// Application answers app.<name> calls in-process; it takes precedence
+	// Application handles app.<name> calls in-process; it takes precedence
 	// over AppRPCURL. Programs that embed the server set it.
 	Application Application
-	// AppRPCURL is where app.<name> calls are sent; empty disables them.
+	// AppRPCURL is the URL that app.<name> calls are posted to; empty
+	// disables them.
 	AppRPCURL     string
 	AppRPCToken   string
 	AppRPCTimeout time.Duration

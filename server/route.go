@@ -117,7 +117,7 @@ func (r *router) callRemote(ctx context.Context, instance, clientID, method stri
 	}
 
 	// The holder applies the timeout to the client; this one waits a
-	// little longer for the answer to travel back.
+	// little longer for the response to travel back.
 	timer := time.NewTimer(timeout + 2*time.Second)
 	defer timer.Stop()
 	select {
@@ -243,7 +243,7 @@ func (r *router) answerCall(ctx context.Context, q routed) {
 		}
 	}
 	if err := r.send(ctx, answer); err != nil && ctx.Err() == nil {
-		r.s.log.Warn("answering a routed call failed", "client_id", q.ClientID, "err", err)
+		r.s.log.Warn("sending the response to a routed call failed", "client_id", q.ClientID, "err", err)
 	}
 }
 
@@ -259,7 +259,7 @@ func (r *router) answerSubject(ctx context.Context, q routed) {
 
 	answer := routed{Kind: "sa", To: q.From, From: r.s.instance, RequestID: q.RequestID, Results: results}
 	if err := r.send(ctx, answer); err != nil && ctx.Err() == nil {
-		r.s.log.Warn("answering a routed subject call failed", "err", err)
+		r.s.log.Warn("sending the response to a routed subject call failed", "err", err)
 	}
 }
 

@@ -307,7 +307,7 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	url := "http://127.0.0.1:7070"
 	if len(args) > 0 {
 		if strings.HasPrefix(args[0], "-") {
-			fmt.Fprintln(stderr, "usage: sidecar health [URL]  (exits 0 when URL/readyz answers 200; default "+url+")")
+			fmt.Fprintln(stderr, "usage: sidecar health [URL]  (exits 0 when URL/readyz returns 200; default "+url+")")
 			return exitError(2)
 		}
 		url = args[0]
