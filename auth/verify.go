@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
+	"slices"
 	"strings"
 	"time"
 	"unicode"
@@ -21,10 +23,31 @@ var ErrInvalidToken = errors.New("invalid token")
 // "nbf".
 const DefaultLeeway = 30 * time.Second
 
-// Config configures a Verifier.
+// Config configures a Verifier. At least one of HS256Secret,
+// PublicKeyFile and JWKSFile is required.
 type Config struct {
-	// HS256Secret is the shared secret of HS256 tokens. It is required.
+	// HS256Secret is the shared secret of HS256 tokens; empty refuses them.
 	HS256Secret []byte
+
+	// PublicKeyFile is a PEM file of RSA or EC P-256 public keys (or
+	// certificates) that verify RS256 and ES256 tokens.
+	PublicKeyFile string
+
+	// JWKSFile is a JSON Web Key Set of RSA or EC P-256 keys. A token whose
+	// header names a "kid" is verified with that key only.
+	JWKSFile string
+
+	// ReloadInterval is how often the key files are reread; a file whose
+	// content changed replaces the keys. A token with an unknown "kid" also
+	// causes a reread, at most once a second. Zero means
+	// DefaultReloadInterval.
+	ReloadInterval time.Duration
+
+	// Audience, when set, must be one of the token's "aud" values.
+	Audience string
+
+	// Issuer, when set, must equal the token's "iss".
+	Issuer string
 
 	// Leeway is the clock skew allowed when checking "exp" and "nbf". Zero
 	// means DefaultLeeway, and a negative value means none.
@@ -32,17 +55,26 @@ type Config struct {
 
 	// Now returns the current time. Nil means time.Now.
 	Now func() time.Time
+
+	// Logger receives key file reloads and reload failures. Nil discards.
+	Logger *slog.Logger
 }
 
 // Verifier verifies client tokens. It is safe for concurrent use.
 //
-// It accepts only HS256 tokens signed with the configured secret, so
-// "alg": "none" and every other algorithm are rejected. It requires "exp"
-// and a non-empty "sub", and enforces "exp" and "nbf". It does not check
-// "aud", "iss" or "iat".
+// It accepts HS256 tokens when a secret is configured and RS256 and ES256
+// tokens when key files are, so "alg": "none" and every other algorithm
+// are rejected. It requires "exp" and a non-empty "sub", enforces "exp"
+// and "nbf" with the configured leeway, and checks "aud" and "iss" when
+// configured. It does not check "iat".
 type Verifier struct {
 	secret []byte
+	files  []*keySet
+	algs   []string
+	leeway time.Duration
 	parser *jwt.Parser
+
+	audience, issuer string // required values; empty checks nothing
 }
 
 // Realtime is the "realtime" claim: the patterns a client may subscribe
@@ -69,15 +101,26 @@ type signedClaims struct {
 	Realtime Realtime `json:"realtime"`
 }
 
-const algorithm = "HS256"
-
-// NewVerifier returns a Verifier for cfg. It fails when the secret is
-// empty.
+// NewVerifier returns a Verifier for cfg. It fails when no key is
+// configured, or when a key file cannot be read or holds a key of an
+// unsupported type or size.
 func NewVerifier(cfg Config) (*Verifier, error) {
-	if len(cfg.HS256Secret) == 0 {
-		return nil, errors.New("new token verifier: the HS256 secret is empty")
+	if len(cfg.HS256Secret) == 0 && cfg.PublicKeyFile == "" && cfg.JWKSFile == "" {
+		return nil, errors.New("new token verifier: no key: set an HS256 secret, a public key file or a JWKS file")
 	}
 
+	now := cfg.Now
+	if now == nil {
+		now = time.Now
+	}
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	interval := cfg.ReloadInterval
+	if interval <= 0 {
+		interval = DefaultReloadInterval
+	}
 	leeway := cfg.Leeway
 	switch {
 	case leeway == 0:
@@ -86,20 +129,48 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 		leeway = 0
 	}
 
-	opts := []jwt.ParserOption{
-		jwt.WithValidMethods([]string{algorithm}),
-		jwt.WithExpirationRequired(),
-		jwt.WithLeeway(leeway),
+	v := &Verifier{secret: cfg.HS256Secret, leeway: leeway, audience: cfg.Audience, issuer: cfg.Issuer}
+	if len(v.secret) > 0 {
+		v.algs = append(v.algs, algHS256)
 	}
-	if cfg.Now != nil {
-		opts = append(opts, jwt.WithTimeFunc(cfg.Now))
+	for _, f := range []struct {
+		path string
+		jwks bool
+	}{{cfg.PublicKeyFile, false}, {cfg.JWKSFile, true}} {
+		if f.path == "" {
+			continue
+		}
+		set, err := loadKeySet(f.path, f.jwks, interval, now, log)
+		if err != nil {
+			return nil, fmt.Errorf("new token verifier: %w", err)
+		}
+		v.files = append(v.files, set)
+	}
+	if len(v.files) > 0 {
+		v.algs = append(v.algs, algRS256, algES256)
 	}
 
-	return &Verifier{
-		secret: cfg.HS256Secret,
-		parser: jwt.NewParser(opts...),
-	}, nil
+	opts := []jwt.ParserOption{
+		jwt.WithValidMethods(v.algs),
+		jwt.WithExpirationRequired(),
+		jwt.WithLeeway(leeway),
+		jwt.WithTimeFunc(now),
+	}
+	if cfg.Audience != "" {
+		opts = append(opts, jwt.WithAudience(cfg.Audience))
+	}
+	if cfg.Issuer != "" {
+		opts = append(opts, jwt.WithIssuer(cfg.Issuer))
+	}
+	v.parser = jwt.NewParser(opts...)
+	return v, nil
 }
+
+// Leeway returns the clock skew allowed when checking "exp" and "nbf". A
+// session whose token expired ends only after it.
+func (v *Verifier) Leeway() time.Duration { return v.leeway }
+
+const algHS256 = "HS256"
 
 // Verify checks the signature and claims of token and returns the rights
 // it grants. Every error wraps ErrInvalidToken and names the fault: expired,
@@ -131,14 +202,43 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 	return c, nil
 }
 
-// key returns the secret for a token whose algorithm the parser already
-// accepted. The type check repeats that decision so that a change to the
-// parser options cannot hand the secret to another algorithm.
+// keyError is the error of key when no configured key fits the token. Its
+// message is shown as is.
+type keyError struct{ msg string }
+
+func (e *keyError) Error() string { return e.msg }
+
+// key returns the key or keys that may verify a token whose algorithm the
+// parser already accepted. The type checks repeat that decision so that a
+// change to the parser options cannot hand the HS256 secret to another
+// algorithm, or a public key to HS256.
 func (v *Verifier) key(t *jwt.Token) (any, error) {
-	if _, ok := t.Method.(*jwt.SigningMethodHMAC); !ok {
-		return nil, fmt.Errorf("algorithm %q is not HMAC", t.Method.Alg())
+	alg := t.Method.Alg()
+	switch t.Method.(type) {
+	case *jwt.SigningMethodHMAC:
+		if alg != algHS256 || len(v.secret) == 0 {
+			return nil, fmt.Errorf("algorithm %q is not accepted", alg)
+		}
+		return v.secret, nil
+	case *jwt.SigningMethodRSA, *jwt.SigningMethodECDSA:
+	default:
+		return nil, fmt.Errorf("algorithm %q is not accepted", alg)
 	}
-	return v.secret, nil
+
+	kid, _ := t.Header["kid"].(string)
+	var set jwt.VerificationKeySet
+	for _, f := range v.files {
+		for _, k := range f.lookup(alg, kid) {
+			set.Keys = append(set.Keys, k.key)
+		}
+	}
+	if len(set.Keys) == 0 {
+		if kid != "" {
+			return nil, &keyError{fmt.Sprintf("unknown key id %.64q: no %s key has it", kid, alg)}
+		}
+		return nil, &keyError{fmt.Sprintf("no %s key is configured", alg)}
+	}
+	return set, nil
 }
 
 // parseError turns an error from jwt.Parser into one that states why the
@@ -157,16 +257,32 @@ func (v *Verifier) parseError(parsed *jwt.Token, tc *tokenClaims, err error) err
 		return fmt.Errorf("%w: %w", ErrInvalidToken, err) // "token is malformed: ..."
 
 	case errors.Is(err, jwt.ErrTokenUnverifiable), errors.Is(err, jwt.ErrTokenSignatureInvalid):
-		if alg := tokenAlgorithm(parsed); alg != algorithm {
-			return fmt.Errorf("%w: signing algorithm %.20q is not accepted, only %s", ErrInvalidToken, alg, algorithm)
+		if alg := tokenAlgorithm(parsed); !slices.Contains(v.algs, alg) {
+			return fmt.Errorf("%w: signing algorithm %.20q is not accepted, only %s", ErrInvalidToken, alg, strings.Join(v.algs, ", "))
+		}
+		if ke := (*keyError)(nil); errors.As(err, &ke) {
+			return fmt.Errorf("%w: %s", ErrInvalidToken, ke.msg)
 		}
 		if errors.Is(err, jwt.ErrTokenUnverifiable) {
 			return fmt.Errorf("%w: %w", ErrInvalidToken, err)
 		}
 		return fmt.Errorf("%w: signature is invalid", ErrInvalidToken)
 
+	case errors.Is(err, jwt.ErrTokenInvalidAudience):
+		return fmt.Errorf(`%w: "aud" does not name this sidecar's audience`, ErrInvalidToken)
+
+	case errors.Is(err, jwt.ErrTokenInvalidIssuer):
+		return fmt.Errorf(`%w: "iss" is not the expected issuer`, ErrInvalidToken)
+
 	case errors.Is(err, jwt.ErrTokenRequiredClaimMissing):
-		return fmt.Errorf(`%w: missing "exp" claim`, ErrInvalidToken)
+		name := "exp"
+		switch {
+		case tc.ExpiresAt != nil && v.audience != "" && len(tc.Audience) == 0:
+			name = "aud"
+		case tc.ExpiresAt != nil && v.issuer != "" && tc.Issuer == "":
+			name = "iss"
+		}
+		return fmt.Errorf(`%w: missing %q claim`, ErrInvalidToken, name)
 
 	case errors.Is(err, jwt.ErrTokenExpired):
 		return fmt.Errorf("%w: expired at %s", ErrInvalidToken, formatDate(tc.ExpiresAt))

@@ -248,9 +248,9 @@ func TestVerifyMissingListsGrantNothing(t *testing.T) {
 	}
 }
 
-func TestNewVerifierNeedsSecret(t *testing.T) {
+func TestNewVerifierNeedsAKey(t *testing.T) {
 	if _, err := NewVerifier(Config{}); err == nil {
-		t.Errorf("NewVerifier(no secret) = nil error, want an error")
+		t.Errorf("NewVerifier(no key) = nil error, want an error")
 	}
 }
 

@@ -17,6 +17,17 @@ type Config struct {
 
 	APIKeys            []string
 	JWTSecret          []byte
+	// JWTPublicKeyFile and JWKSFile hold the keys of RS256 and ES256
+	// tokens; both files are reread every JWTKeyReload.
+	JWTPublicKeyFile string
+	JWKSFile         string
+	JWTKeyReload     time.Duration
+	// JWTAudience and JWTIssuer, when set, must match the tokens' "aud"
+	// and "iss".
+	JWTAudience string
+	JWTIssuer   string
+	// JWTLeeway is the clock skew allowed on "exp" and "nbf".
+	JWTLeeway time.Duration
 	AnonymousSubscribe []string
 	AnonymousPublish   []string
 	AllowedOrigins     []string
@@ -72,6 +83,8 @@ func Defaults() Config {
 	return Config{
 		Addr:                     ":7070",
 		AppRPCTimeout:            10 * time.Second,
+		JWTKeyReload:             10 * time.Second,
+		JWTLeeway:                30 * time.Second,
 		Retention:                24 * time.Hour,
 		MaxEventBytes:            1 << 20,
 		ReplayLimit:              10000,
@@ -103,6 +116,9 @@ func (c *Config) Validate() error {
 	}
 	if len(c.JWTSecret) > 0 && len(c.JWTSecret) < 16 {
 		errs = append(errs, fmt.Errorf("--jwt-secret is %d bytes: use at least 16 random bytes, and 32 or more for HS256", len(c.JWTSecret)))
+	}
+	if c.JWTLeeway < 0 || c.JWTLeeway > 5*time.Minute {
+		errs = append(errs, fmt.Errorf("--jwt-leeway is %s: it must be between 0s and 5m", c.JWTLeeway))
 	}
 	if err := checkOrigins(c.AllowedOrigins); err != nil {
 		errs = append(errs, err)
@@ -145,7 +161,7 @@ func (c *Config) Validate() error {
 		value time.Duration
 	}{
 		{"--app-rpc-timeout", c.AppRPCTimeout}, {"--auth-timeout", c.AuthTimeout}, {"--unready-after", c.UnreadyAfter}, {"--drain-timeout", c.DrainTimeout},
-		{"--slow-client-grace", c.SlowGrace}, {"--write-timeout", c.WriteTimeout},
+		{"--slow-client-grace", c.SlowGrace}, {"--write-timeout", c.WriteTimeout}, {"--jwt-key-reload", c.JWTKeyReload},
 	} {
 		if d.value <= 0 {
 			errs = append(errs, fmt.Errorf("%s is %s: it must be positive", d.name, d.value))

@@ -406,7 +406,7 @@ func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
 
 	return call{inline: true, run: func(context.Context) (any, *rpc.Error) {
 		if sess.srv.verifier == nil {
-			return nil, rpc.Errorf(rpc.CodeNotAuthenticated, "this sidecar accepts no client tokens: it was started without --jwt-secret")
+			return nil, rpc.Errorf(rpc.CodeNotAuthenticated, noTokenKeys)
 		}
 		claims, err := sess.srv.verifier.Verify(*p.Token)
 		if err != nil {

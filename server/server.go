@@ -48,7 +48,7 @@ type Server struct {
 	store    *store.Store
 	hub      *hub.Hub
 	listener *listen.Listener
-	verifier *auth.Verifier // nil without --jwt-secret: tokens are refused
+	verifier *auth.Verifier // nil without token keys: tokens are refused
 	app      Application    // nil without --app-rpc-url or Config.Application
 	appCalls atomic.Uint64  // the sidecar's own ids of forwarded calls
 	apiKeys  auth.APIKeys
@@ -86,10 +86,23 @@ func New(cfg Config) (*Server, error) {
 	s.router.s = s
 	s.log = s.log.With("instance", s.instance)
 
-	if len(cfg.JWTSecret) > 0 {
-		verifier, err := auth.NewVerifier(auth.Config{HS256Secret: cfg.JWTSecret})
+	if len(cfg.JWTSecret) > 0 || cfg.JWTPublicKeyFile != "" || cfg.JWKSFile != "" {
+		leeway := cfg.JWTLeeway
+		if leeway == 0 {
+			leeway = -1 // auth.Config reads zero as its default
+		}
+		verifier, err := auth.NewVerifier(auth.Config{
+			HS256Secret:    cfg.JWTSecret,
+			PublicKeyFile:  cfg.JWTPublicKeyFile,
+			JWKSFile:       cfg.JWKSFile,
+			ReloadInterval: cfg.JWTKeyReload,
+			Audience:       cfg.JWTAudience,
+			Issuer:         cfg.JWTIssuer,
+			Leeway:         leeway,
+			Logger:         s.log,
+		})
 		if err != nil {
-			return nil, fmt.Errorf("--jwt-secret: %w", err)
+			return nil, err
 		}
 		s.verifier = verifier
 	}

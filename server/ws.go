@@ -226,6 +226,9 @@ func (sess *session) stopTimers() {
 	}
 }
 
+// noTokenKeys answers a token given to a sidecar that has no key to check it.
+const noTokenKeys = "this sidecar accepts no client tokens: it was started without --jwt-secret, --jwt-public-key-file or --jwks-file"
+
 // upgradeClaims returns the claims a new connection starts with: its
 // token's, the anonymous ones, or nil (authenticate with an auth message).
 // A non-zero status means the upgrade is refused with that message.
@@ -241,7 +244,7 @@ func (s *Server) upgradeClaims(r *http.Request) (*auth.Claims, int, string) {
 		return s.anonymous, 0, ""
 	}
 	if s.verifier == nil {
-		return nil, http.StatusUnauthorized, "this sidecar accepts no client tokens: it was started without --jwt-secret"
+		return nil, http.StatusUnauthorized, noTokenKeys
 	}
 	c, err := s.verifier.Verify(token)
 	if err != nil {
@@ -260,7 +263,7 @@ func (sess *session) setClaims(c *auth.Claims) {
 		return
 	}
 
-	t := time.AfterFunc(time.Until(c.Expires)+auth.DefaultLeeway, func() {
+	t := time.AfterFunc(time.Until(c.Expires)+sess.srv.verifier.Leeway(), func() {
 		if sess.claims.Load() == c {
 			sess.log.Info("token expired", "sub", c.Subject)
 			sess.client.Close(int(closePolicy), "token expired")
