@@ -15,8 +15,8 @@ type Config struct {
 	ListenDatabaseURL string // empty means DatabaseURL
 	Addr              string
 
-	APIKeys            []string
-	JWTSecret          []byte
+	APIKeys   []string
+	JWTSecret []byte
 	// JWTPublicKeyFile and JWKSFile hold the keys of RS256 and ES256
 	// tokens; both files are reread every JWTKeyReload.
 	JWTPublicKeyFile string
@@ -27,7 +27,7 @@ type Config struct {
 	JWTAudience string
 	JWTIssuer   string
 	// JWTLeeway is the clock skew allowed on "exp" and "nbf".
-	JWTLeeway time.Duration
+	JWTLeeway          time.Duration
 	AnonymousSubscribe []string
 	AnonymousPublish   []string
 	AllowedOrigins     []string
