@@ -70,6 +70,7 @@ func (s *Server) routes() http.Handler {
 	})
 	e.GET("/readyz", s.readyz)
 	e.GET("/v1/ws", echo.WrapHandler(http.HandlerFunc(s.serveWS)))
+	e.GET("/v1/events", echo.WrapHandler(http.HandlerFunc(s.serveSSE)))
 
 	api := e.Group("/v1", s.requireAPIKey)
 	api.POST("/publish", s.publishHTTP)
