@@ -43,10 +43,10 @@ var keepAliveBlock = []byte(": keep-alive\n\n")
 // serveSSE is the handler of GET /v1/events, the server-sent events
 // endpoint for clients that cannot use a websocket. It takes the
 // subscription's patterns from repeated topic parameters and authorizes
-// them like the websocket's upgrade and subscribe: a missing token without
-// anonymous access or an invalid token gets 401, a pattern that the claims
-// do not allow 403, an invalid pattern 400. All of this is answered before
-// the stream starts.
+// them like the websocket's upgrade and subscribe. A missing token without
+// anonymous access gets 401, and so does an invalid token. A pattern that
+// the claims do not allow gets 403, and an invalid pattern 400. All of
+// these are rejected before the stream starts.
 //
 // The stream then carries one subscription. Its first block is an id line
 // alone, the resume point, sent once the subscription is in place.
@@ -84,12 +84,12 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	subject := req.claims.Subject
 	switch s.conns.acquire(subject, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSubject) {
 	case "total":
-		s.log.Warn("event stream refused: connection limit reached", "limit", s.cfg.MaxConnections)
+		s.log.Warn("event stream rejected: connection limit reached", "limit", s.cfg.MaxConnections)
 		writeError(w, http.StatusServiceUnavailable, "too_many_connections", "this sidecar has reached --max-connections: connect to another instance or retry later")
 		return
 	case "subject":
-		s.log.Info("event stream refused: subject at its connection limit", "sub", subject, "limit", s.cfg.MaxConnectionsPerSubject)
-		writeError(w, http.StatusTooManyRequests, "too_many_connections", "this token's subject already has the most connections allowed (--max-connections-per-subject): close one first")
+		s.log.Info("event stream rejected: subject at its connection limit", "sub", subject, "limit", s.cfg.MaxConnectionsPerSubject)
+		writeError(w, http.StatusTooManyRequests, "too_many_connections", "this token's subject already has the maximum number of connections (--max-connections-per-subject): close one first")
 		return
 	}
 	defer s.conns.release(subject)
@@ -207,7 +207,7 @@ func (s *Server) runSSE(w http.ResponseWriter, r *http.Request, req sseRequest) 
 
 	// The epoch is read once, before the subscription, as subscribe does.
 	// After an epoch change the stream's ids keep the old epoch, so a
-	// client resuming from them is told that history expired.
+	// client resuming from them gets history expired.
 	epoch := s.epoch()
 	sink.epoch = epoch
 
@@ -231,7 +231,7 @@ func (s *Server) runSSE(w http.ResponseWriter, r *http.Request, req sseRequest) 
 			log.Info("event stream closed", "code", sink.closedWith())
 			return
 		case <-r.Context().Done():
-			sink.gone.Store(true)
+			sink.disconnected.Store(true)
 			client.Close(closeGoingAway, "client disconnected")
 			<-client.Done()
 			log.Info("event stream closed by the client")
@@ -309,9 +309,9 @@ type sseSink struct {
 	// changed afterwards.
 	epoch string
 
-	// gone is set when the client has disconnected, so Close writes
+	// disconnected is set when the client has gone away, so Close writes
 	// nothing.
-	gone atomic.Bool
+	disconnected atomic.Bool
 	// final, when set, is the error that Close sends in place of its code
 	// and reason, which must be short enough for a websocket close frame.
 	final atomic.Pointer[rpc.Error]
@@ -419,7 +419,7 @@ func (s *sseSink) encodeEventLocked(msg []byte) ([]byte, error) {
 // reading, so that Close can take the lock.
 func (s *sseSink) Close(code int, reason string) error {
 	deadline := time.Now().Add(sseCloseTimeout)
-	if s.gone.Load() {
+	if s.disconnected.Load() {
 		deadline = time.Now()
 	}
 	_ = s.rc.SetWriteDeadline(deadline)
@@ -431,7 +431,7 @@ func (s *sseSink) Close(code int, reason string) error {
 		return nil
 	}
 	s.closed, s.code = true, code
-	if s.gone.Load() {
+	if s.disconnected.Load() {
 		return nil
 	}
 
