@@ -53,6 +53,11 @@ type Config struct {
 	// new table is delivered. Ids start again there, so the caller resets
 	// whatever compares ids, such as the hub's watermark.
 	NewIDSpace func(lastBefore int64)
+	// Open, if set, checks the authenticator of every notification of the
+	// realtime channel and returns the payload without it. A notification
+	// it refuses is dropped, counted and logged at most every 10 s: any
+	// role that can connect may NOTIFY, so it is not to be trusted.
+	Open func(payload string) (string, bool)
 	// Logger receives catch-up and decoding problems; nil discards them.
 	Logger *slog.Logger
 	// Now stamps pg_notify events, which carry no database time; nil means
@@ -70,6 +75,9 @@ type Relay struct {
 	table   int64 // OID of the events table the last commit came from
 
 	caughtUp int64
+
+	refused       int64     // notifications Open refused
+	refusedLogged time.Time // when a refusal was last logged
 }
 
 type pendingEvent struct {
@@ -144,7 +152,15 @@ func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
 	case ev.Kind == listen.Resync:
 		return r.catchUp(ctx)
 	case ev.Channel == store.Channel:
-		return r.handleRealtime(ctx, ev.Payload)
+		payload := ev.Payload
+		if r.cfg.Open != nil {
+			var ok bool
+			if payload, ok = r.cfg.Open(payload); !ok {
+				r.refuse(len(ev.Payload))
+				return nil
+			}
+		}
+		return r.handleRealtime(ctx, payload)
 	default:
 		if r.cfg.Intercept != nil && r.cfg.Intercept(ev.Channel, ev.Payload) {
 			return nil
@@ -153,6 +169,23 @@ func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
 		return nil
 	}
 }
+
+// refuse counts a notification whose authenticator is wrong, and logs the
+// count at most every 10 s.
+func (r *Relay) refuse(size int) {
+	r.refused++
+	now := r.cfg.Now()
+	if now.Sub(r.refusedLogged) < 10*time.Second {
+		return
+	}
+	r.refusedLogged = now
+	r.log.Warn("dropped a notification on the realtime channel without a valid authenticator: some role sends NOTIFY there that is not the sidecar's",
+		"channel", store.Channel, "bytes", size, "refused_total", r.refused)
+}
+
+// Refused returns the number of notifications dropped because their
+// authenticator was wrong. Call it on the goroutine that runs Run.
+func (r *Relay) Refused() int64 { return r.refused }
 
 // catchUp reads every event committed after the last delivered one. It
 // drops what the old connection left half-received: those segments are

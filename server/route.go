@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pgsidecar/sidecar/rpc"
+	"github.com/pgsidecar/sidecar/store"
 )
 
 // RoutingChannel carries the application's calls to clients, and their
@@ -20,8 +21,9 @@ const RoutingChannel = "realtime_rpc"
 // the first characters of a client id name the instance that holds it.
 const instanceIDLen = 11
 
-// maxNotifyPayload is the largest NOTIFY payload Postgres accepts.
-const maxNotifyPayload = 7999
+// maxNotifyPayload is the largest routed message that fits in one NOTIFY
+// with its authenticator.
+const maxNotifyPayload = store.MaxSignedPayload
 
 // routed is one message on the routing channel. Kind is q (a call of one
 // client), sq (a call of every connection of a subject, to all instances),
@@ -90,7 +92,12 @@ func (r *router) send(ctx context.Context, msg routed) error {
 		}
 		body, _ = json.Marshal(routed{Kind: "ref", Ref: ref})
 	}
-	if _, err := r.s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", RoutingChannel, string(body)); err != nil {
+	key := r.s.notifyKey.Load()
+	if key == nil {
+		return fmt.Errorf("send routed %s: the database is not prepared yet", msg.Kind)
+	}
+	signed := key.Sign(RoutingChannel, string(body))
+	if _, err := r.s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", RoutingChannel, signed); err != nil {
 		return fmt.Errorf("send routed %s: %w", msg.Kind, err)
 	}
 	return nil

@@ -49,6 +49,10 @@ type Server struct {
 	hub      *hub.Hub
 	listener *listen.Listener
 	verifier *auth.Verifier // nil without token keys: tokens are refused
+	// notifyKey signs and checks the notifications between sidecars; it is
+	// read from the database at start and again when a check fails.
+	notifyKey   atomic.Pointer[store.NotifyKey]
+	keyReloaded atomic.Pointer[time.Time]
 	app      Application    // nil without --app-rpc-url or Config.Application
 	appCalls atomic.Uint64  // the sidecar's own ids of forwarded calls
 	apiKeys  auth.APIKeys
@@ -244,14 +248,30 @@ func (s *Server) start(ctx context.Context) {
 	s.hub.SetWatermark(last)
 
 	probes := make(chan string, 16)
+	// Refused routing messages, counted and logged at most every 10 s by
+	// Intercept, which runs on the relay's goroutine only.
+	var forgedRouted int64
+	var forgedLogged time.Time
 	r := relay.New(relay.Config{
 		Store: s.store,
 		Intercept: func(channel, payload string) bool {
 			if channel != RoutingChannel {
 				return false
 			}
-			s.router.handle(ctx, payload)
+			if body, ok := s.openNotification(ctx, channel, payload); ok {
+				s.router.handle(ctx, body)
+				return true
+			}
+			forgedRouted++
+			if now := time.Now(); now.Sub(forgedLogged) >= 10*time.Second {
+				forgedLogged = now
+				s.log.Warn("dropped a message on the routing channel without a valid authenticator: some role sends NOTIFY there that is not a sidecar",
+					"channel", channel, "bytes", len(payload), "refused_total", forgedRouted)
+			}
 			return true
+		},
+		Open: func(payload string) (string, bool) {
+			return s.openNotification(ctx, store.Channel, payload)
 		},
 		Probe: func(token string) {
 			select {
@@ -328,6 +348,11 @@ func (s *Server) prepareOnce(ctx context.Context) (int64, error) {
 	if err := s.store.SetMaxEventBytes(ctx, s.cfg.MaxEventBytes); err != nil {
 		return 0, err
 	}
+	key, err := s.store.LoadNotifyKey(ctx)
+	if err != nil {
+		return 0, err
+	}
+	s.notifyKey.Store(key)
 	epoch, err := s.store.Epoch(ctx)
 	if err != nil {
 		return 0, err
@@ -364,6 +389,33 @@ func (s *Server) retain(ctx context.Context) {
 	}
 }
 
+// openNotification checks the authenticator of a notification of channel
+// and returns its payload. When the check fails, the key is read again (at
+// most every 5 s), since a recreated schema has a new one; the relay then
+// sees a new id space too.
+func (s *Server) openNotification(ctx context.Context, channel, signed string) (string, bool) {
+	if key := s.notifyKey.Load(); key != nil {
+		if payload, ok := key.Open(channel, signed); ok {
+			return payload, true
+		}
+	}
+
+	now := time.Now()
+	if last := s.keyReloaded.Load(); last != nil && now.Sub(*last) < 5*time.Second {
+		return "", false
+	}
+	s.keyReloaded.Store(&now)
+	rctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	key, err := s.store.LoadNotifyKey(rctx)
+	if err != nil {
+		s.log.Warn("rereading the notification key failed", "err", err)
+		return "", false
+	}
+	s.notifyKey.Store(key)
+	return key.Open(channel, signed)
+}
+
 // probeUntilHeard sends a NOTIFY through the query pool and waits for the
 // LISTEN connection to hear it, retrying until it does or ctx ends. Through
 // a transaction pooler, or with --listen-database-url naming another
@@ -372,7 +424,7 @@ func (s *Server) probeUntilHeard(ctx context.Context, heard <-chan string) bool 
 	const wait = 10 * time.Second
 	for attempt := 1; ; attempt++ {
 		token := newClientID()
-		payload := `{"k":"p","p":"` + token + `"}`
+		payload := s.notifyKey.Load().Sign(store.Channel, `{"k":"p","p":"`+token+`"}`)
 		if _, err := s.pool.Exec(ctx, "SELECT pg_notify($1, $2)", store.Channel, payload); err != nil {
 			if ctx.Err() != nil {
 				return false

@@ -144,16 +144,16 @@ func TestEventSizeLimits(t *testing.T) {
 	t.Run("ephemeral over one NOTIFY fails naming the limit", func(t *testing.T) {
 		big := strings.Repeat("e", 8000)
 		_, err := sql.Exec(ctx, `SELECT realtime.broadcast('size.e', to_jsonb($1::text))`, big)
-		if err == nil || !strings.Contains(err.Error(), "7999") {
-			t.Fatalf("SQL broadcast of 8000 bytes: %v, want an error naming 7999", err)
+		if err == nil || !strings.Contains(err.Error(), "7967") {
+			t.Fatalf("SQL broadcast of 8000 bytes: %v, want an error naming 7967", err)
 		}
 		_, err = conn.Publish(ctx, "size.e", big, false)
-		if rpcCode(err) != -32602 || !strings.Contains(err.Error(), "7999") {
-			t.Fatalf("websocket ephemeral publish of 8000 bytes: %v, want -32602 naming 7999", err)
+		if rpcCode(err) != -32602 || !strings.Contains(err.Error(), "7967") {
+			t.Fatalf("websocket ephemeral publish of 8000 bytes: %v, want -32602 naming 7967", err)
 		}
 		code, out := postJSON(t, sc, "/v1/publish", testAPIKey, map[string]any{"topic": "size.e", "data": big, "durable": false})
-		if code != http.StatusRequestEntityTooLarge || !strings.Contains(fmt.Sprint(out), "7999") {
-			t.Fatalf("HTTP ephemeral publish of 8000 bytes = %d %v, want 413 naming 7999", code, out)
+		if code != http.StatusRequestEntityTooLarge || !strings.Contains(fmt.Sprint(out), "7967") {
+			t.Fatalf("HTTP ephemeral publish of 8000 bytes = %d %v, want 413 naming 7967", code, out)
 		}
 	})
 	expectQuiet(t, sub, 300*time.Millisecond)
