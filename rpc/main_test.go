@@ -1,6 +1,7 @@
 package rpc
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"runtime"
@@ -15,6 +16,11 @@ import (
 func TestMain(m *testing.M) {
 	before := runtime.NumGoroutine()
 	code := m.Run()
+	if fuzz := flag.Lookup("test.fuzz"); fuzz != nil && fuzz.Value.String() != "" {
+		// With -fuzz, the fuzzing engine starts a goroutine of os/signal
+		// that runs until the process exits.
+		before++
+	}
 	if code == 0 {
 		if err := checkGoroutines(before); err != nil {
 			fmt.Fprintln(os.Stderr, err)
