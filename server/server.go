@@ -53,9 +53,9 @@ type Server struct {
 	// read from the database at start and again when a check fails.
 	notifyKey   atomic.Pointer[store.NotifyKey]
 	keyReloaded atomic.Pointer[time.Time]
-	app      Application    // nil without --app-rpc-url or Config.Application
-	appCalls atomic.Uint64  // the sidecar's own ids of forwarded calls
-	apiKeys  auth.APIKeys
+	app         Application   // nil without --app-rpc-url or Config.Application
+	appCalls    atomic.Uint64 // the sidecar's own ids of forwarded calls
+	apiKeys     auth.APIKeys
 
 	anonymous      *auth.Claims
 	originPatterns []string
