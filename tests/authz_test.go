@@ -1,11 +1,14 @@
 package tests
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"net/url"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -191,6 +194,25 @@ func signAt(t testing.TB, sub string, subscribe []string, exp time.Time) string 
 	return tok
 }
 
+// openStream opens GET /v1/events for patterns with tok. The test ends
+// the request.
+func openStream(t testing.TB, sc *sidecar, tok string, patterns []string) *http.Response {
+	t.Helper()
+	query := url.Values{"topic": patterns}
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(cancel)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, sc.base+"/v1/events?"+query.Encode(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Authorization", "Bearer "+tok)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("GET /v1/events: %v", err)
+	}
+	return resp
+}
+
 // publishHTTP publishes one durable event through the HTTP API and returns
 // its id.
 func publishHTTP(t testing.TB, sc *sidecar, topic string, data any) int64 {
@@ -354,6 +376,73 @@ func TestAuthzOrdersTokenNeverSeesUsers(t *testing.T) {
 			t.Fatalf("customer 7's operations = %v, want %v", ops, want)
 		}
 		rc.expectNoEvent(300 * time.Millisecond)
+	})
+
+	t.Run("server-sent events", func(t *testing.T) {
+		for _, patterns := range [][]string{{"users.*"}, {">"}, {"orders.>"}, {"orders.*", "users.*"}} {
+			resp := openStream(t, sc, ordersOnly, patterns)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusForbidden {
+				t.Fatalf("GET /v1/events for %v with an orders.* token = %d, want 403", patterns, resp.StatusCode)
+			}
+		}
+
+		resp := openStream(t, sc, ordersOnly, []string{"orders.*"})
+		defer resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("GET /v1/events for orders.* = %d, want 200", resp.StatusCode)
+		}
+		lines := make(chan string, 64)
+		go func() {
+			defer close(lines)
+			scanner := bufio.NewScanner(resp.Body)
+			for scanner.Scan() {
+				if data, ok := strings.CutPrefix(scanner.Text(), "data: "); ok {
+					lines <- data
+				}
+			}
+		}()
+
+		// The stream may start after the request returns its headers, so
+		// publish until the first orders event arrives, with a users event
+		// before each one.
+		var first string
+		waitFor(t, "the first event on the stream", func() bool {
+			exec(t, sql, `SELECT realtime.publish('users.1', '1'), realtime.publish('orders.1', '1')`)
+			select {
+			case first = <-lines:
+				return true
+			case <-time.After(100 * time.Millisecond):
+				return false
+			}
+		})
+		topicOf := func(data string) string {
+			var ev wireEvent
+			if err := json.Unmarshal([]byte(data), &ev); err != nil {
+				t.Fatalf("stream data %s: %v", data, err)
+			}
+			if !strings.HasPrefix(ev.Topic, "orders.") {
+				t.Fatalf("stream event = %s, want orders events only", data)
+			}
+			return ev.Topic
+		}
+		topicOf(first)
+		exec(t, sql, `SELECT realtime.publish('users.2', '2'), realtime.publish('orders.2', '2')`)
+		for topic := ""; topic != "orders.2"; {
+			topic = topicOf(nextLine(t, lines))
+		}
+	})
+
+	t.Run("unsubscribe of a foreign id", func(t *testing.T) {
+		victim := dialRPC(t, sc, ordersOnly)
+		attacker := dialRPC(t, sc, ordersOnly)
+		orders := victim.subscribe("orders.*")
+		if msg := attacker.request("unsubscribe", map[string]any{"subscription": orders}); msg["result"] == nil {
+			t.Fatalf("unsubscribe of an unknown id = %v, want a result", msg)
+		}
+		exec(t, sql, `SELECT realtime.publish('orders.5', '5')`)
+		victim.expectEvents(orders + " orders.5")
+		attacker.expectNoEvent(300 * time.Millisecond)
 	})
 
 	t.Run("reserved namespaces", func(t *testing.T) {
