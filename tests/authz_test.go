@@ -28,7 +28,7 @@ type rpcConn struct {
 	*rawConn
 	lastID    int
 	events    []map[string]any
-	responses map[int]map[string]any // arrived before they were read
+	responses map[int]map[string]any // responses read while waiting for another
 }
 
 func dialRPC(t testing.TB, sc *sidecar, tok string) *rpcConn {
@@ -273,7 +273,7 @@ func TestAuthzOrdersTokenNeverSeesUsers(t *testing.T) {
 	t.Run("wildcard", func(t *testing.T) {
 		rc := dialRPC(t, sc, ordersOnly)
 		rejected := [][]string{
-			{">"}, {"*.*"}, {"*.1"}, {"*.>"}, {"orders.>"}, {"orders.*.*"}, {"users.>"},
+			{">"}, {"*.*"}, {"*.1"}, {"*.>"}, {"orders.>"}, {"orders.*.*"}, {"orders.1.>"}, {"Orders.*"}, {"users.>"},
 			{"orders.*", "users.*"},
 			{"orders.1", ">"},
 		}
@@ -481,8 +481,8 @@ func TestAuthzOrdersTokenNeverSeesUsers(t *testing.T) {
 	})
 }
 
-// lifetimeLeeway is the clock skew the token lifetime tests allow, short
-// so that a session outlives its token by little.
+// lifetimeLeeway is the clock skew allowed by the sidecar of the token
+// lifetime tests, short so that a session outlives its token by one second.
 const lifetimeLeeway = time.Second
 
 // shortToken signs a token for sub that expires after ttl, rounded down to
@@ -664,6 +664,32 @@ func lockTable(t testing.TB, dbURL, table string) (release func()) {
 	}
 	t.Cleanup(release)
 	return release
+}
+
+func TestAuthzAnonymousThenToken(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db, func(c *server.Config) { c.AnonymousSubscribe = []string{"public.>"} })
+	sql := connect(t, db)
+
+	rc := dialRPC(t, sc, "")
+	public := rc.subscribe("public.news")
+	if code := rc.subscribeCode(map[string]any{"topics": []string{"orders.*"}}); code != -32003 {
+		t.Fatalf("anonymous subscribe orders.* = %d, want -32003", code)
+	}
+
+	// The token's rights replace the anonymous ones, which it lacks.
+	msg := rc.request("auth", map[string]any{"token": token(t, "ann", []string{"orders.*"}, nil)})
+	res, _ := msg["result"].(map[string]any)
+	removed, _ := res["removed"].([]any)
+	if res["sub"] != "ann" || len(removed) != 1 || removed[0] != public {
+		t.Fatalf("auth after anonymous use = %v, want sub ann and removed [%s]", msg, public)
+	}
+	orders := rc.subscribe("orders.*")
+
+	exec(t, sql, `SELECT realtime.publish('public.news', '1')`)
+	exec(t, sql, `SELECT realtime.publish('orders.1', '2')`)
+	rc.expectEvents(orders + " orders.1")
+	rc.expectNoEvent(300 * time.Millisecond)
 }
 
 // upgradeAndKeep dials with tok and returns the HTTP status of the upgrade.
