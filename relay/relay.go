@@ -76,6 +76,11 @@ type Relay struct {
 
 	caughtUp int64
 
+	// pendingXact is the transaction whose segment is pending. Postgres
+	// delivers one transaction's notifications together, so pending
+	// events of another transaction were replayed, never to be committed.
+	pendingXact int64
+
 	refused       int64     // notifications Open refused
 	refusedLogged time.Time // when a refusal was last logged
 }
@@ -95,6 +100,7 @@ type pendingEvent struct {
 // p (a sidecar's probe).
 type notification struct {
 	Kind    string          `json:"k"`
+	Xact    int64           `json:"x"` // the publishing transaction; 0 when none or unknown
 	Segment int64           `json:"s"`
 	Ord     int32           `json:"o"`
 	Topic   string          `json:"t"`
@@ -170,6 +176,18 @@ func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
 	}
 }
 
+// dropStale forgets pending events of a transaction other than xact. They
+// came from a notification sent again after its transaction had committed;
+// had they been real, their commit would read them from the table anyway.
+func (r *Relay) dropStale(xact int64) {
+	if len(r.pending) == 0 || xact == r.pendingXact {
+		return
+	}
+	r.log.Warn("dropped pending events of a transaction whose commit never came: a notification was sent again",
+		"transaction", r.pendingXact, "segments", len(r.pending))
+	clear(r.pending)
+}
+
 // refuse counts a notification whose authenticator is wrong, and logs the
 // count at most every 10 s.
 func (r *Relay) refuse(size int) {
@@ -243,6 +261,8 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 
 	switch n.Kind {
 	case "e", "r":
+		r.dropStale(n.Xact)
+		r.pendingXact = n.Xact
 		r.pending[n.Segment] = append(r.pending[n.Segment], pendingEvent{
 			ord:   n.Ord,
 			ref:   n.Kind == "r",
@@ -261,7 +281,9 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 		}
 		ev := store.Event{Topic: n.Topic, Data: n.Data, TS: formatMicros(n.Micros)}
 		// A transaction's notifications arrive together, so an open
-		// segment belongs to the same transaction as this broadcast.
+		// segment of the same transaction holds this broadcast until its
+		// commit, to keep the order of calls.
+		r.dropStale(n.Xact)
 		for seg, held := range r.pending {
 			r.pending[seg] = append(held, pendingEvent{event: ev, ephemeral: true})
 			return nil
@@ -276,6 +298,7 @@ func (r *Relay) handleRealtime(ctx context.Context, payload string) error {
 // commit delivers a committed segment's events with their ids. Events that
 // did not travel in the notification are read from the table.
 func (r *Relay) commit(ctx context.Context, n notification) error {
+	r.dropStale(n.Xact)
 	held := r.pending[n.Segment]
 	delete(r.pending, n.Segment)
 

@@ -227,3 +227,27 @@ func TestResyncNoticesHeadBelowLast(t *testing.T) {
 		t.Fatalf("delivered (-got +want):\n%s", diff)
 	}
 }
+
+// A notification sent again after its transaction committed leaves an
+// event that no commit will claim. It must not hold the broadcasts or the
+// events of the transactions after it.
+func TestReplayedEventDoesNotHoldLaterTransactions(t *testing.T) {
+	log := &fakeLog{
+		events: []store.Event{{ID: 31, Topic: "late", Data: json.RawMessage(`3`)}},
+		first:  map[int64]int64{9: 31},
+	}
+	r, rec := newRelay(log, 30)
+	handle(t, r,
+		// The replay: an event of transaction 100, whose commit came long ago.
+		note(t, map[string]any{"k": "e", "x": 100, "s": 4, "o": 0, "t": "old", "d": 0}),
+		// A broadcast of a transaction without writes.
+		note(t, map[string]any{"k": "b", "x": 0, "n": 0, "t": "typing", "d": 1}),
+		// Another transaction that publishes and broadcasts.
+		note(t, map[string]any{"k": "e", "x": 101, "s": 9, "o": 0, "t": "late", "d": 3}),
+		note(t, map[string]any{"k": "b", "x": 101, "n": 0, "t": "after", "d": 4}),
+		note(t, map[string]any{"k": "c", "x": 101, "s": 9, "f": 31, "n": 1}),
+	)
+	if diff := cmp.Diff(rec.got, []string{"0 typing 1", "31 late 3", "0 after 4"}); diff != "" {
+		t.Fatalf("delivered (-got +want):\n%s", diff)
+	}
+}

@@ -60,7 +60,11 @@ $$;
 
 -- +goose StatementBegin
 -- publish_event as in 00001, with the authenticator on its notification;
--- the inline limit leaves room for it.
+-- the inline limit leaves room for it. Notifications now name their
+-- transaction ("x"): Postgres delivers one transaction's notifications
+-- together, so a segment still open when another transaction's arrive was
+-- never going to be committed by a notification (a replayed one), and the
+-- relay drops it instead of holding later broadcasts behind it.
 CREATE OR REPLACE FUNCTION realtime.publish_event(topic text, data jsonb, trusted boolean DEFAULT false, data_text text DEFAULT NULL,
                                                   OUT segment bigint, OUT ord integer)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -69,6 +73,7 @@ DECLARE
     max     integer;
     ts      timestamptz := clock_timestamp();
     payload text;
+    xact    text;
 BEGIN
     IF data IS NULL THEN
         data := 'null'::jsonb;
@@ -98,15 +103,16 @@ BEGIN
     INSERT INTO realtime.events (segment, ord, topic, data, ts)
     VALUES (segment, ord, topic, data, ts);
     PERFORM set_config('realtime.segment', segment || ':' || (ord + 1), true);
+    xact := pg_current_xact_id()::text;
 
     IF octet_length(data_text) + octet_length(topic) < 7870 THEN
-        payload := '{"k":"e","s":' || segment || ',"o":' || ord
+        payload := '{"k":"e","x":' || xact || ',"s":' || segment || ',"o":' || ord
                    || ',"u":' || (extract(epoch FROM ts) * 1000000)::bigint
                    || ',"t":"' || topic || '","d":' || data_text || '}';
     END IF;
     IF payload IS NULL OR octet_length(payload) > 7967 THEN
         -- Too large for one NOTIFY: the sidecar reads the event from the table.
-        payload := '{"k":"r","s":' || segment || ',"o":' || ord || ',"t":"' || topic || '"}';
+        payload := '{"k":"r","x":' || xact || ',"s":' || segment || ',"o":' || ord || ',"t":"' || topic || '"}';
     END IF;
     PERFORM pg_notify('realtime_events', realtime.sign('realtime_events', payload));
 
@@ -147,7 +153,7 @@ BEGIN
      WHERE segment = NEW.segment;
     PERFORM set_config('realtime.segment', '', true);
     PERFORM pg_notify('realtime_events', realtime.sign('realtime_events',
-                      json_build_object('k', 'c', 's', NEW.segment, 'f', first, 'n', n,
+                      json_build_object('k', 'c', 'x', pg_current_xact_id()::text::bigint, 's', NEW.segment, 'f', first, 'n', n,
                                         'e', 'realtime.events'::regclass::oid::bigint)::text));
     RETURN NULL;
 END
@@ -165,7 +171,8 @@ BEGIN
     PERFORM realtime.check_topic(topic);
     -- The sequence number keeps two identical broadcasts of one transaction
     -- apart, since Postgres folds identical notifications into one.
-    payload := '{"k":"b","n":' || n || ',"u":' || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
+    payload := '{"k":"b","x":' || coalesce(pg_current_xact_id_if_assigned()::text, '0')
+               || ',"n":' || n || ',"u":' || (extract(epoch FROM clock_timestamp()) * 1000000)::bigint
                || ',"t":"' || topic || '","d":' || coalesce(data, 'null'::jsonb)::text || '}';
     IF octet_length(payload) > 7967 THEN
         RAISE EXCEPTION 'ephemeral event for topic % is % bytes as a NOTIFY payload, over the limit of 7967 bytes', topic, octet_length(payload)
