@@ -125,7 +125,8 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		guard: newMessageGuard(s.cfg.MessageRate, s.cfg.MessageBurst)}
 	sess.log = s.log.With("client_id", sess.id)
 	if claims != nil {
-		sess.setClaims(claims)
+		// The expiry timer is armed once the hub client exists.
+		sess.claims.Store(claims)
 	}
 	s.runSession(sess)
 }
@@ -137,6 +138,9 @@ func (s *Server) runSession(sess *session) {
 	sink := &wsSink{conn: sess.conn}
 	sess.client = s.hub.Register(sink, slog.String("client_id", sess.id), slog.String("sub", sess.subject()))
 	sess.log.Info("client connected", "sub", sess.subject())
+	if c := sess.claims.Load(); c != nil {
+		sess.setClaims(c)
+	}
 
 	sess.client.Send(rpc.EncodeNotification("welcome", map[string]any{
 		"client_id":   sess.id,

@@ -514,7 +514,6 @@ func TestAuthzTokenLifetime(t *testing.T) {
 	})
 
 	t.Run("expiry of an upgrade token closes with 1008", func(t *testing.T) {
-		t.Skip("known bug: the expiry timer armed in serveWS reads session.client, which runSession sets later without synchronization (data race under -race)")
 		tok, _ := shortToken(t, "ann", []string{"orders.*"}, 3*time.Second)
 		rc := dialRPC(t, sc, tok)
 		rc.subscribe("orders.*")
