@@ -61,7 +61,7 @@ func (s *Server) routes() http.Handler {
 		Skipper:         func(c echo.Context) bool { return c.Request().URL.Path == "/v1/ws" },
 		AllowOriginFunc: s.corsOrigin,
 		AllowMethods:    []string{http.MethodGet, http.MethodPost, http.MethodOptions},
-		AllowHeaders:    []string{"Authorization", "Content-Type", "Idempotency-Key"},
+		AllowHeaders:    []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"},
 		MaxAge:          600,
 	}))
 

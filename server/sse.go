@@ -281,7 +281,7 @@ func (s *Server) closeOnExpiry(client *hub.Client, claims *auth.Claims, log *slo
 	if claims.Expires.IsZero() {
 		return func() {}
 	}
-	t := time.AfterFunc(time.Until(claims.Expires)+auth.DefaultLeeway, func() {
+	t := time.AfterFunc(time.Until(claims.Expires)+s.verifier.Leeway(), func() {
 		log.Info("token expired, ending the event stream")
 		client.Close(int(closePolicy), "token expired: reconnect with a new token")
 	})
