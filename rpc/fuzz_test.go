@@ -3,6 +3,7 @@ package rpc
 import (
 	"bytes"
 	"encoding/json"
+	"regexp"
 	"testing"
 	"unicode/utf8"
 )
@@ -149,19 +150,38 @@ func checkParams(t *testing.T, params json.RawMessage) {
 	}
 
 	var p fuzzParams
-	if rpcErr := DecodeParams(params, &p); rpcErr != nil && rpcErr.Code != CodeInvalidParams {
-		t.Errorf("DecodeParams(%q) code = %d, want %d", params, rpcErr.Code, CodeInvalidParams)
+	if rpcErr := DecodeParams(params, &p); rpcErr != nil {
+		if rpcErr.Code != CodeInvalidParams {
+			t.Errorf("DecodeParams(%q) code = %d, want %d", params, rpcErr.Code, CodeInvalidParams)
+		}
+		if m := sameTypes.FindStringSubmatch(rpcErr.Message); m != nil && m[1] == m[2] {
+			t.Errorf("DecodeParams(%q) message = %q, which names the same type twice", params, rpcErr.Message)
+		}
 	}
 
+	// Into an any, only the checks of CheckParams and numbers that do not
+	// fit a float64 can fail.
 	var anyParams any
 	rpcErr := DecodeParams(params, &anyParams)
-	if rpcErr != nil && rpcErr.Code != CodeInvalidParams {
-		t.Errorf("DecodeParams(%q, *any) code = %d, want %d", params, rpcErr.Code, CodeInvalidParams)
-	}
-	if (rpcErr == nil) != (CheckParams(params) == nil) {
-		t.Errorf("DecodeParams(%q, *any) = %v but CheckParams = %v, want both nil or both errors", params, rpcErr, CheckParams(params))
+	checkErr := CheckParams(params)
+	switch {
+	case rpcErr == nil && checkErr != nil:
+		t.Errorf("DecodeParams(%q, *any) = nil, but CheckParams = %v", params, checkErr)
+	case rpcErr != nil && checkErr != nil:
+		if rpcErr.Message != checkErr.Message {
+			t.Errorf("DecodeParams(%q, *any) = %v, want the error of CheckParams %v", params, rpcErr, checkErr)
+		}
+	case rpcErr != nil && rpcErr.Message != floatRangeMessage:
+		t.Errorf("DecodeParams(%q, *any) = %v, but CheckParams = nil", params, rpcErr)
 	}
 }
+
+// sameTypes finds the two JSON types of a type mismatch message.
+var sameTypes = regexp.MustCompile(`must be (an? [a-z0-9 ]+), not (an? [a-z0-9 ]+)$`)
+
+// floatRangeMessage is the message of DecodeParams for a number beyond the
+// range of the float64 that encoding/json decodes into an any.
+const floatRangeMessage = "invalid params: a number is out of range: numbers must be from -1.7976931348623157e+308 to 1.7976931348623157e+308"
 
 // checkRoundTrip compares a decoded message with the decoding of its
 // re-encoding. Strings with invalid UTF-8 are exempt, because encoding

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"strconv"
 	"strings"
 )
 
@@ -65,6 +66,16 @@ func DecodeParams(raw json.RawMessage, v any) *Error {
 // element, but `"topics" must be an array of strings` is more useful than
 // `"topics" must be a string`.
 func paramsTypeError(typeErr *json.UnmarshalTypeError, target reflect.Type) *Error {
+	// A number beyond the range of a float, such as 1e400, arrives with
+	// the float type, so the JSON type is right and only the range is wrong.
+	if isFloat(typeErr.Type) && strings.HasPrefix(typeErr.Value, "number") {
+		limit := floatMax(typeErr.Type)
+		if typeErr.Field == "" {
+			return InvalidParams("a number is out of range: numbers must be from -%s to %s", limit, limit)
+		}
+		return InvalidParams("%q must be a number from -%s to %s", typeErr.Field, limit, limit)
+	}
+
 	if typeErr.Field == "" {
 		return InvalidParams("params must be %s, not %s", describeType(typeErr.Type), describeValue(typeErr.Value))
 	}
@@ -199,6 +210,19 @@ func isInteger(t reflect.Type) bool {
 		return true
 	}
 	return false
+}
+
+func isFloat(t reflect.Type) bool {
+	k := deref(t).Kind()
+	return k == reflect.Float32 || k == reflect.Float64
+}
+
+// floatMax returns the largest finite value of a float type.
+func floatMax(t reflect.Type) string {
+	if deref(t).Kind() == reflect.Float32 {
+		return strconv.FormatFloat(math.MaxFloat32, 'g', -1, 32)
+	}
+	return strconv.FormatFloat(math.MaxFloat64, 'g', -1, 64)
 }
 
 // integerRange returns the smallest and largest value of an integer type.

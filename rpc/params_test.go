@@ -80,6 +80,7 @@ func TestDecodeParamsInvalid(t *testing.T) {
 		{"object field", `{"filter":[]}`, `invalid params: "filter" must be an object`},
 		{"map value", `{"labels":{"a":1}}`, `invalid params: "labels" must be an object`},
 		{"float", `{"ratio":"x"}`, `invalid params: "ratio" must be a number`},
+		{"float out of range", `{"ratio":-1e400}`, `invalid params: "ratio" must be a number from -1.7976931348623157e+308 to 1.7976931348623157e+308`},
 		{"boolean", `{"durable":"yes"}`, `invalid params: "durable" must be a boolean`},
 		{"member named by its declared name", `{"Topics":"a"}`, `invalid params: "topics" must be an array of strings`},
 	}
@@ -97,6 +98,15 @@ func TestDecodeParamsInvalid(t *testing.T) {
 				t.Errorf("DecodeParams(%s) message = %q, want %q", tt.raw, err.Message, tt.want)
 			}
 		})
+	}
+}
+
+func TestDecodeParamsNumberOutOfRangeIntoAny(t *testing.T) {
+	var got any
+	err := DecodeParams(raw(`{"a":[1e400]}`), &got)
+	want := "invalid params: a number is out of range: numbers must be from -1.7976931348623157e+308 to 1.7976931348623157e+308"
+	if err == nil || err.Message != want {
+		t.Errorf(`DecodeParams({"a":[1e400]}) into any = %v, want %q`, err, want)
 	}
 }
 
