@@ -217,7 +217,7 @@ func isFloat(t reflect.Type) bool {
 	return k == reflect.Float32 || k == reflect.Float64
 }
 
-// floatMax returns the largest finite value of a float type.
+// floatMax formats the largest finite value of a float type.
 func floatMax(t reflect.Type) string {
 	if deref(t).Kind() == reflect.Float32 {
 		return strconv.FormatFloat(math.MaxFloat32, 'g', -1, 32)
