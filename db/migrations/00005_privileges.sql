@@ -49,12 +49,19 @@ $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
--- sign returns payload prefixed with its authenticator for channel.
+-- sign returns payload prefixed with its authenticator for channel. It is
+-- PL/pgSQL because, called once or twice per transaction, it measured
+-- faster than the same expression as an SQL function.
 CREATE FUNCTION realtime.sign(channel text, payload text) RETURNS text
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT encode(substr(sha256(k.outer_pad || sha256(k.inner_pad || convert_to(channel || ':' || payload, 'UTF8'))), 1, 16), 'hex')
-           || payload
-      FROM realtime.notify_key k
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ipad bytea;
+    opad bytea;
+BEGIN
+    SELECT k.inner_pad, k.outer_pad INTO ipad, opad FROM realtime.notify_key k;
+    RETURN encode(substr(sha256(opad || sha256(ipad || convert_to(channel || ':' || payload, 'UTF8'))), 1, 16), 'hex')
+           || payload;
+END
 $$;
 -- +goose StatementEnd
 
@@ -215,6 +222,6 @@ $$;
 -- the payload as it is, which is what sidecars before this version read.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION realtime.sign(channel text, payload text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$ SELECT payload $$;
+LANGUAGE plpgsql IMMUTABLE AS $$ BEGIN RETURN payload; END $$;
 -- +goose StatementEnd
 DROP TABLE realtime.notify_key;
