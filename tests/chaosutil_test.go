@@ -155,7 +155,10 @@ func (p *publisher) work(ctx context.Context, dbURL, topic string, interval time
 			conn = c
 		}
 
-		execCtx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// Not derived from ctx: Stop must not cancel a commit in flight,
+		// which could still become visible after the test has read the
+		// committed events.
+		execCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		_, err := conn.Exec(execCtx,
 			`SELECT realtime.publish($1, to_jsonb($2 || '-' || i)) FROM generate_series(1, $3::int) i`,
 			topic, fmt.Sprintf("%s-%d", topic, tx), 1+tx%9)
