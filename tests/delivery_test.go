@@ -129,7 +129,7 @@ func TestWildcardSubscriptionEndToEnd(t *testing.T) {
 	sql := connect(t, db)
 	exec(t, sql, `SELECT realtime.publish('orders.42', '1')`)
 	exec(t, sql, `SELECT realtime.publish('orders.42.lines', '2')`)
-	exec(t, sql, `SELECT realtime.publish('db.public.secret', '3')`)
+	exec(t, sql, `SELECT realtime.publish_event('db.public.secret', '3')`)
 	exec(t, sql, `SELECT realtime.publish('done', '4')`)
 
 	if ev := next(t, star); ev.Topic != "orders.42" {

@@ -125,18 +125,68 @@ func TestPublishPrivileges(t *testing.T) {
 			t.Fatalf("event = %s, want %s", ev.Topic, want)
 		}
 	}
-	if _, err := app.Exec(ctx, `SELECT realtime.publish_event('priv.x', '1', true)`); sqlState(err) != "42501" {
-		t.Errorf("realtime_publisher calling publish_event (which skips checks) = %v, want 42501", err)
+	for _, q := range []string{
+		`SELECT realtime.publish_event('priv.x', '1', true)`,
+		`SELECT realtime.sign('realtime_events', '{}')`,
+		`SELECT key FROM realtime.notify_key`,
+		`SELECT realtime.publish('sys.admin', '1')`,
+		`SELECT realtime.publish('db.public.users', '1')`,
+		`SELECT realtime.broadcast('presence.room', '1')`,
+		`SELECT realtime.publish_change('sys.admin', '1')`,
+	} {
+		if _, err := app.Exec(ctx, q); sqlState(err) != "42501" {
+			t.Errorf("as realtime_publisher, %s = %v, want 42501", q, err)
+		}
 	}
 
-	// A role that may only write the table publishes through its trigger,
-	// which runs with the schema owner's rights.
+	// Writing a table with the trigger publishes, so it needs the role too.
 	writerURL, writerName := newRole(t, db, "writer")
 	writer := connect(t, writerURL)
 	exec(t, app, `GRANT INSERT ON public.notes TO "`+writerName+`"`)
-	exec(t, writer, `INSERT INTO public.notes VALUES (2, 'from a writer')`)
-	if ev := next(t, sub); ev.Topic != "db.public.notes" {
-		t.Fatalf("event = %s, want db.public.notes", ev.Topic)
+	if _, err := writer.Exec(ctx, `INSERT INTO public.notes VALUES (2, 'no grant')`); sqlState(err) != "42501" {
+		t.Fatalf("insert by a writer without realtime_publisher = %v, want 42501", err)
+	}
+	exec(t, connect(t, db), `GRANT realtime_publisher TO "`+writerName+`"`)
+	exec(t, writer, `INSERT INTO public.notes VALUES (3, 'from a writer')`)
+	if ev := next(t, sub); ev.Topic != "db.public.notes" || !strings.Contains(string(ev.Data), "from a writer") {
+		t.Fatalf("event = %s %s, want db.public.notes from the writer", ev.Topic, ev.Data)
+	}
+	expectQuiet(t, sub, 300*time.Millisecond)
+}
+
+// Turning a row into JSON runs the casts to json of its column types, and
+// a role that owns a type decides what its cast runs. The trigger must run
+// it as that role, never as the schema's owner.
+func TestRowChangeRunsCastsAsTheWriter(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db)
+	sub := subscribe(t, dial(t, sc), []string{"db.>"})
+
+	appURL, appName := newRole(t, db, "app", "realtime_publisher")
+	exec(t, connect(t, db), `GRANT CREATE ON SCHEMA public TO "`+appName+`"`)
+	app := connect(t, appURL)
+	exec(t, app, `CREATE TABLE public.cast_calls (caller text)`)
+	exec(t, app, `CREATE TYPE public.mood AS ENUM ('calm')`)
+	exec(t, app, `CREATE FUNCTION public.mood_json(public.mood) RETURNS json LANGUAGE plpgsql AS $$
+	              BEGIN
+	                  INSERT INTO public.cast_calls VALUES (current_user);
+	                  RETURN to_json($1::text);
+	              END $$`)
+	exec(t, app, `CREATE CAST (public.mood AS json) WITH FUNCTION public.mood_json(public.mood)`)
+	exec(t, app, `CREATE TABLE public.moods (id int PRIMARY KEY, m public.mood)`)
+	exec(t, app, `CREATE TRIGGER moods_changes AFTER INSERT ON public.moods
+	              FOR EACH ROW EXECUTE FUNCTION realtime.notify_changes()`)
+	exec(t, app, `INSERT INTO public.moods VALUES (1, 'calm')`)
+
+	if ev := next(t, sub); ev.Topic != "db.public.moods" {
+		t.Fatalf("event = %s, want db.public.moods", ev.Topic)
+	}
+	var caller string
+	if err := app.QueryRow(context.Background(), `SELECT string_agg(DISTINCT caller, ',') FROM public.cast_calls`).Scan(&caller); err != nil {
+		t.Fatal(err)
+	}
+	if caller != appName {
+		t.Fatalf("the cast ran as %q, want only the writing role %q", caller, appName)
 	}
 }
 

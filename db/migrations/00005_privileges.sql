@@ -3,11 +3,12 @@
 --
 -- Privileges: the functions of the schema are no longer executable by
 -- PUBLIC. The role realtime_publisher (created here when the migrating role
--- may create roles) may call realtime.publish and realtime.broadcast and
--- create row-change triggers with realtime.notify_changes; grant it to the
--- application's roles. The publish functions and the triggers run with the
--- rights of the schema's owner (SECURITY DEFINER with a fixed search_path),
--- so publishers need no rights on the tables of the schema.
+-- may create roles) may call realtime.publish and realtime.broadcast, and
+-- write tables whose rows realtime.notify_changes publishes; grant it to
+-- the application's roles. The publish functions run with the rights of
+-- the schema's owner (SECURITY DEFINER with a fixed search_path), so
+-- publishers need no rights on the tables of the schema. They take only
+-- topics and JSON, so no code of the caller's runs as the owner.
 --
 -- Authenticator: any role that can connect may NOTIFY any channel, so a
 -- notification on realtime_events or realtime_rpc could be forged to inject
@@ -176,6 +177,11 @@ DECLARE
     payload text;
 BEGIN
     PERFORM realtime.check_topic(topic);
+    IF realtime.reserved_namespace(topic) IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot broadcast on %: the namespace %. is reserved for events the sidecar produces', topic, realtime.reserved_namespace(topic)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Broadcast on a topic outside db., pg., presence. and sys.';
+    END IF;
     -- The sequence number keeps two identical broadcasts of one transaction
     -- apart, since Postgres folds identical notifications into one.
     payload := '{"k":"b","x":' || coalesce(pg_current_xact_id_if_assigned()::text, '0')
@@ -192,8 +198,222 @@ END
 $$;
 -- +goose StatementEnd
 
-ALTER FUNCTION realtime.publish(text, jsonb) SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION realtime.notify_changes() SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- +goose StatementBegin
+-- reserved_namespace names the sidecar's namespace that topic is in, or
+-- returns NULL.
+CREATE FUNCTION realtime.reserved_namespace(topic text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ns FROM (VALUES ('db'), ('pg'), ('presence'), ('sys')) v(ns) WHERE split_part(topic, '.', 1) = ns
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+-- publish as in 00001, run as the owner, refusing the reserved namespaces:
+-- their events come from the sidecar, from row-change triggers (db.) and
+-- from the application's API keys.
+CREATE OR REPLACE FUNCTION realtime.publish(topic text, data jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ns text := realtime.reserved_namespace(topic);
+BEGIN
+    IF ns IS NOT NULL THEN
+        RAISE EXCEPTION 'cannot publish on %: the namespace %. is reserved for events the sidecar produces', topic, ns
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = 'Publish on a topic outside db., pg., presence. and sys., or through the HTTP API with an API key.';
+    END IF;
+    PERFORM realtime.publish_event(topic, data);
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+-- publish_change publishes a row-change event for realtime.notify_changes,
+-- which runs as the role that changed the row: it allows db. but no other
+-- reserved namespace, and checks the topic and size like publish.
+--
+-- notify_changes itself must not run as the owner: turning a row into JSON
+-- calls the casts to json of the row's column types, and a role that owns
+-- a type can make that cast run any code.
+CREATE FUNCTION realtime.publish_change(topic text, data jsonb) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ns text := realtime.reserved_namespace(topic);
+BEGIN
+    IF ns IS NOT NULL AND ns <> 'db' THEN
+        RAISE EXCEPTION 'cannot publish a row change on %: the namespace %. is reserved for the sidecar (only db. is allowed)', topic, ns
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    PERFORM realtime.publish_event(topic, data);
+END
+$$;
+-- +goose StatementEnd
+
+-- +goose StatementBegin
+-- notify_changes as in 00004, publishing through publish_change.
+CREATE OR REPLACE FUNCTION realtime.notify_changes() RETURNS trigger
+LANGUAGE plpgsql AS $$
+DECLARE
+    topic        text := 'db.' || realtime.sanitize(TG_TABLE_SCHEMA) || '.' || realtime.sanitize(TG_TABLE_NAME);
+    template     text;
+    keep_cols    text[];
+    drop_cols    text[];
+    placeholders text[];
+    names        text[];
+    arg          text;
+    arg_key      text;
+    arg_value    text;
+    col          text;
+    value        text;
+    row_columns  jsonb;
+    topic_row    jsonb;
+    new_row      jsonb;
+    old_row      jsonb;
+    data         jsonb;
+    max          integer;
+    data_text    text;
+    key_cols     text[];
+BEGIN
+    IF TG_WHEN <> 'AFTER' OR (TG_LEVEL = 'STATEMENT' AND TG_OP <> 'TRUNCATE') THEN
+        RAISE EXCEPTION 'realtime.notify_changes() must be an AFTER ... FOR EACH ROW trigger, or AFTER TRUNCATE ... FOR EACH STATEMENT (table %.%)', TG_TABLE_SCHEMA, TG_TABLE_NAME;
+    END IF;
+
+    -- Parse the arguments. Each firing parses them again, because PL/pgSQL
+    -- has no per-trigger state; a trigger without arguments skips this.
+    FOR i IN 0 .. TG_NARGS - 1 LOOP
+        arg := TG_ARGV[i];
+        IF position('=' IN arg) = 0 THEN
+            RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument %: want key=value with key topic, columns or exclude', TG_TABLE_SCHEMA, TG_TABLE_NAME, quote_literal(arg)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        arg_key := btrim(left(arg, position('=' IN arg) - 1));
+        arg_value := substr(arg, position('=' IN arg) + 1);
+
+        IF arg_key IN ('columns', 'exclude') THEN
+            SELECT array_agg(btrim(c)) INTO names FROM unnest(string_to_array(arg_value, ',')) c;
+            IF names IS NULL OR '' = ANY (names) THEN
+                RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument %: want a comma-separated list of column names', TG_TABLE_SCHEMA, TG_TABLE_NAME, quote_literal(arg)
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END IF;
+
+        IF (arg_key = 'topic' AND template IS NOT NULL) OR (arg_key = 'columns' AND keep_cols IS NOT NULL)
+           OR (arg_key = 'exclude' AND drop_cols IS NOT NULL) THEN
+            RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument %: % is given twice', TG_TABLE_SCHEMA, TG_TABLE_NAME, quote_literal(arg), arg_key
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+
+        CASE arg_key
+        WHEN 'topic' THEN
+            template := arg_value;
+        WHEN 'columns' THEN
+            keep_cols := names;
+        WHEN 'exclude' THEN
+            drop_cols := names;
+        ELSE
+            RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument %: unknown key %, want topic, columns or exclude', TG_TABLE_SCHEMA, TG_TABLE_NAME, quote_literal(arg), quote_literal(arg_key)
+                USING ERRCODE = 'invalid_parameter_value';
+        END CASE;
+    END LOOP;
+
+    IF TG_OP = 'INSERT' OR TG_OP = 'UPDATE' THEN
+        new_row := to_jsonb(NEW);
+    END IF;
+    IF TG_OP = 'UPDATE' OR TG_OP = 'DELETE' THEN
+        old_row := to_jsonb(OLD);
+    END IF;
+
+    IF TG_NARGS > 0 THEN
+        -- The table's column names as the keys of a JSON object: the row
+        -- itself, or the catalog for TRUNCATE, which has no row.
+        row_columns := coalesce(new_row, old_row);
+        IF row_columns IS NULL THEN
+            SELECT jsonb_object_agg(a.attname, 'null'::jsonb) INTO row_columns
+              FROM pg_attribute a
+             WHERE a.attrelid = TG_RELID AND a.attnum > 0 AND NOT a.attisdropped;
+        END IF;
+        FOREACH col IN ARRAY coalesce(keep_cols, '{}') || coalesce(drop_cols, '{}') LOOP
+            IF NOT row_columns ? col THEN
+                RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument columns or exclude: table has no column %', TG_TABLE_SCHEMA, TG_TABLE_NAME, quote_ident(col)
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+        END LOOP;
+    END IF;
+
+    IF template IS NOT NULL THEN
+        SELECT array_agg(DISTINCT m[1]) INTO placeholders FROM regexp_matches(template, '\{([^{}]*)\}', 'g') m;
+        IF placeholders IS NOT NULL AND TG_OP = 'TRUNCATE' THEN
+            RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument topic=%: a TRUNCATE trigger has no row for placeholders', TG_TABLE_SCHEMA, TG_TABLE_NAME, template
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+
+        topic := template;
+        topic_row := coalesce(new_row, old_row);
+        FOREACH col IN ARRAY coalesce(placeholders, '{}') LOOP
+            IF NOT topic_row ? col THEN
+                RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument topic=%: table has no column %', TG_TABLE_SCHEMA, TG_TABLE_NAME, template, quote_ident(col)
+                    USING ERRCODE = 'invalid_parameter_value';
+            END IF;
+            value := coalesce(realtime.sanitize(topic_row ->> col), '_');
+            -- A long value would make the topic too long and the write
+            -- fail; its MD5 in hex keeps one topic per value instead.
+            IF octet_length(value) > 64 THEN
+                value := md5(topic_row ->> col);
+            END IF;
+            topic := replace(topic, '{' || col || '}', value);
+        END LOOP;
+
+        -- The same grammar as realtime.check_topic, checked here so that the
+        -- message names the trigger argument.
+        IF octet_length(topic) > 255 OR topic !~ '^[A-Za-z0-9_:/-]+(\.[A-Za-z0-9_:/-]+)*$' THEN
+            RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument topic=%: it gives %, which is not a valid topic (1 to 255 bytes of segments separated by ".", each made of A-Z a-z 0-9 _ - : /)', TG_TABLE_SCHEMA, TG_TABLE_NAME, template, quote_literal(topic)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        IF split_part(topic, '.', 1) IN ('pg', 'presence', 'sys') THEN
+            RAISE EXCEPTION 'realtime.notify_changes() on %.%: invalid trigger argument topic=%: it gives %, in a namespace reserved for the sidecar (only db. is allowed)', TG_TABLE_SCHEMA, TG_TABLE_NAME, template, quote_literal(topic)
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+
+    IF keep_cols IS NOT NULL THEN
+        new_row := new_row - ARRAY(SELECT k FROM jsonb_object_keys(new_row) k WHERE k <> ALL (keep_cols));
+        old_row := old_row - ARRAY(SELECT k FROM jsonb_object_keys(old_row) k WHERE k <> ALL (keep_cols));
+    END IF;
+    IF drop_cols IS NOT NULL THEN
+        new_row := new_row - drop_cols;
+        old_row := old_row - drop_cols;
+    END IF;
+
+    data := jsonb_build_object('op', TG_OP, 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
+                               'new', new_row, 'old', old_row);
+
+    SELECT s.max_event_bytes INTO max FROM realtime.settings s;
+    data_text := data::text;
+    IF octet_length(data_text) > max THEN
+        SELECT array_agg(a.attname::text ORDER BY a.attnum) INTO key_cols
+          FROM pg_index i
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY (i.indkey)
+         WHERE i.indrelid = TG_RELID AND i.indisprimary;
+        -- new_row and old_row are already filtered, so key columns that
+        -- columns or exclude removed stay out.
+        data := jsonb_build_object('op', TG_OP, 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
+                                   'new', CASE WHEN new_row IS NULL THEN NULL
+                                               ELSE (SELECT coalesce(jsonb_object_agg(k, new_row -> k), '{}') FROM unnest(key_cols) k WHERE new_row ? k) END,
+                                   'old', CASE WHEN old_row IS NULL THEN NULL
+                                               ELSE (SELECT coalesce(jsonb_object_agg(k, old_row -> k), '{}') FROM unnest(key_cols) k WHERE old_row ? k) END,
+                                   'truncated', true);
+        IF octet_length(data::text) > max THEN
+            -- Even the key is too large: send the operation alone.
+            data := jsonb_build_object('op', TG_OP, 'schema', TG_TABLE_SCHEMA, 'table', TG_TABLE_NAME,
+                                       'new', NULL, 'old', NULL, 'truncated', true);
+        END IF;
+        data_text := data::text;
+    END IF;
+
+    PERFORM realtime.publish_change(topic, data);
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA realtime FROM PUBLIC;
 
@@ -206,13 +426,16 @@ BEGIN
         WHEN duplicate_object OR unique_violation THEN
             NULL; -- made by another database of the cluster, or concurrently
         WHEN insufficient_privilege THEN
-            RAISE NOTICE 'role realtime_publisher not created: the migrating role may not create roles. Grant EXECUTE on realtime.publish, realtime.broadcast and realtime.notify_changes, and USAGE on schema realtime, to the publishing roles instead.';
+            RAISE NOTICE 'role realtime_publisher not created: the migrating role may not create roles. Grant USAGE on schema realtime, EXECUTE on realtime.publish, realtime.broadcast, realtime.notify_changes, realtime.publish_change and realtime.sanitize, and SELECT (max_event_bytes) on realtime.settings to the publishing roles instead.';
             RETURN;
     END;
     GRANT USAGE ON SCHEMA realtime TO realtime_publisher;
     GRANT EXECUTE ON FUNCTION realtime.publish(text, jsonb), realtime.broadcast(text, jsonb),
-                              realtime.notify_changes(), realtime.sanitize(text)
+                              realtime.notify_changes(), realtime.publish_change(text, jsonb),
+                              realtime.sanitize(text), realtime.epoch()
        TO realtime_publisher;
+    -- notify_changes reads the maximum event size as the writing role.
+    GRANT SELECT (max_event_bytes) ON realtime.settings TO realtime_publisher;
 END
 $$;
 -- +goose StatementEnd
