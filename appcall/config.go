@@ -91,7 +91,7 @@ func New(cfg Config) (*Forwarder, error) {
 
 	f := &Forwarder{
 		url:      target.String(),
-		shownURL: target.Redacted(),
+		shownURL: (&url.URL{Scheme: target.Scheme, Host: target.Host, Path: target.Path}).String(),
 		token:    cfg.Token,
 		timeout:  timeout,
 		maxBytes: maxBytes,

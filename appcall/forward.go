@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pgsidecar/sidecar/rpc"
@@ -36,7 +38,7 @@ var errTimedOut = errors.New("application call timed out")
 // It is safe for concurrent use.
 type Forwarder struct {
 	url        string
-	shownURL   string // url with any password redacted, for messages
+	shownURL   string // url without user information and query, for logs
 	token      string
 	timeout    time.Duration
 	maxBytes   int64
@@ -243,12 +245,33 @@ func (f *Forwarder) transportFailure(ctx, callCtx context.Context, err error) *r
 		err = uerr.Err
 	}
 
-	// A timeout of a client passed in Config, such as its Timeout field.
-	var nerr net.Error
-	if errors.As(err, &nerr) && nerr.Timeout() {
-		return failed("application at %s timed out: %v", f.shownURL, err)
+	// The client sees what failed, but not the application's address: the
+	// log line of the failure names the URL.
+	return failed("application unreachable: %s", transportProblem(err))
+}
+
+// transportProblem names the kind of a transport error in a few words,
+// without the addresses that its text carries.
+func transportProblem(err error) string {
+	var (
+		nerr   net.Error
+		dnsErr *net.DNSError
+	)
+	switch {
+	case errors.As(err, &nerr) && nerr.Timeout():
+		// A timeout of a client passed in Config, such as its Timeout field.
+		return "timed out"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.As(err, &dnsErr):
+		return "host name not found"
+	case errors.Is(err, syscall.ECONNRESET), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection closed before an answer"
+	case strings.Contains(err.Error(), "tls:"), strings.Contains(err.Error(), "x509:"):
+		return "TLS handshake failed"
+	default:
+		return "connection failed"
 	}
-	return failed("application unreachable at %s: %v", f.shownURL, err)
 }
 
 // logFailure logs a failure that is not the application's JSON-RPC error,
@@ -268,6 +291,7 @@ func (f *Forwarder) logFailure(c Call, rerr *rpc.Error) {
 		slog.String("method", c.Method),
 		slog.String("kind", kind),
 		slog.String("client_id", c.ClientID),
+		slog.String("url", f.shownURL),
 		slog.String("error", rerr.Message),
 		slog.Int("suppressed", suppressed),
 	)

@@ -274,8 +274,10 @@ func TestForwardUnreachable(t *testing.T) {
 	f := newForwarder(t, Config{URL: url, Token: testToken, Logger: logger})
 
 	result, rerr := f.Forward(t.Context(), addCall())
-	wantFailure(t, result, rerr, "application unreachable at "+url+": ")
-	wantFailure(t, result, rerr, "connection refused")
+	wantFailure(t, result, rerr, "application unreachable: connection refused")
+	if strings.Contains(rerr.Message, ln.Addr().String()) {
+		t.Errorf("message = %q, want it without the application's address", rerr.Message)
+	}
 
 	if got := logs.String(); !strings.Contains(got, "application call failed") || !strings.Contains(got, "client_id=c-123") {
 		t.Errorf("log = %q, want a failure record with the client id", got)
@@ -285,7 +287,7 @@ func TestForwardUnreachable(t *testing.T) {
 	}
 }
 
-func TestForwardUnreachableHidesPassword(t *testing.T) {
+func TestForwardUnreachableHidesURL(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -295,10 +297,24 @@ func TestForwardUnreachableHidesPassword(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	f := newForwarder(t, Config{URL: "http://sidecar:" + testToken + "@" + addr + "/rpc"})
+	logger, logs := newLogger()
+	f := newForwarder(t, Config{URL: "http://sidecar:" + testToken + "@" + addr + "/rpc?key=query-secret", Logger: logger})
 
 	result, rerr := f.Forward(t.Context(), addCall())
-	wantFailure(t, result, rerr, "application unreachable at http://sidecar:xxxxx@"+addr+"/rpc")
+	wantFailure(t, result, rerr, "application unreachable: connection refused")
+	for _, secret := range []string{testToken, "query-secret", "sidecar:", addr} {
+		if strings.Contains(rerr.Message, secret) {
+			t.Errorf("message to the client = %q, want it without %q", rerr.Message, secret)
+		}
+	}
+	for _, secret := range []string{testToken, "query-secret"} {
+		if strings.Contains(logs.String(), secret) {
+			t.Errorf("log = %q, want it without %q", logs.String(), secret)
+		}
+	}
+	if !strings.Contains(logs.String(), "http://"+addr+"/rpc") {
+		t.Errorf("log = %q, want the URL without its user and query", logs.String())
+	}
 }
 
 func TestForwardTimeout(t *testing.T) {
