@@ -3,8 +3,12 @@ package auth
 import (
 	"bytes"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rsa"
+	"crypto/x509"
+	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -68,6 +72,9 @@ func loadKeySet(path string, jwks bool, interval time.Duration, now func() time.
 	if err != nil {
 		return nil, err
 	}
+	if len(keys) == 0 {
+		return nil, fmt.Errorf("%s %s: holds no key that can verify RS256 or ES256 tokens (the log lists the keys skipped and why)", s.flagName(), path)
+	}
 	s.content, s.keys, s.checked = content, keys, now()
 	return s, nil
 }
@@ -86,9 +93,12 @@ func (s *keySet) read() ([]byte, []publicKey, error) {
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s: %w", s.flagName(), err)
 	}
-	keys, err := parseKeys(content, s.jwks)
+	keys, skipped, err := parseKeys(content, s.jwks)
 	if err != nil {
 		return nil, nil, fmt.Errorf("%s %s: %w", s.flagName(), s.path, err)
+	}
+	for _, reason := range skipped {
+		s.log.Warn("key skipped: it cannot verify RS256 or ES256 tokens", "file", s.path, "key", reason)
 	}
 	return content, keys, nil
 }
@@ -132,6 +142,11 @@ func (s *keySet) reload(now time.Time) {
 		return
 	}
 	s.content, s.keys = content, keys
+	if len(keys) == 0 {
+		// An emptied file is how an operator withdraws every key at once.
+		s.log.Warn("key file reloaded with no usable key: its tokens are refused until keys return", "file", s.path)
+		return
+	}
 	s.log.Info("key file reloaded", "file", s.path, "keys", len(keys))
 }
 
@@ -146,69 +161,145 @@ func match(keys []publicKey, alg, kid string) []publicKey {
 	return found
 }
 
-// parseKeys parses a JWKS document or PEM blocks of public keys or
-// certificates. Private keys are accepted and reduced to their public part,
-// though a key file should hold only public keys.
-func parseKeys(content []byte, jwks bool) ([]publicKey, error) {
-	set, err := jwk.Parse(content, jwk.WithPEM(!jwks))
-	if err != nil {
-		if jwks {
-			return nil, fmt.Errorf("not a JSON Web Key Set: %w", err)
-		}
-		return nil, fmt.Errorf("not PEM-encoded public keys: %w", err)
+// errPrivateKey marks a key file that holds a private key. It stops the
+// sidecar rather than being skipped: the secret that mints tokens does not
+// belong beside the verifier.
+var errPrivateKey = errors.New("is a private key: give only the public key, for example the output of openssl pkey -in key.pem -pubout")
+
+// parseKeys parses a JWKS document or the PEM blocks of public keys and
+// certificates. A key that cannot verify RS256 or ES256 tokens (another
+// type, curve or use, or too small) is skipped and described in skipped,
+// because identity providers publish such keys beside their signing keys.
+// A private key, or a file that is not of its format, is an error.
+func parseKeys(content []byte, jwks bool) (keys []publicKey, skipped []string, err error) {
+	if jwks {
+		return parseJWKS(content)
 	}
-	if set.Len() == 0 {
-		return nil, errors.New("holds no key")
+	return parsePEM(content)
+}
+
+func parseJWKS(content []byte) ([]publicKey, []string, error) {
+	var doc struct {
+		Keys []json.RawMessage `json:"keys"`
+	}
+	if err := json.Unmarshal(content, &doc); err != nil || doc.Keys == nil {
+		return nil, nil, errors.New(`not a JSON Web Key Set: want a JSON object with a "keys" array (for a PEM file, use --jwt-public-key-file)`)
 	}
 
-	keys := make([]publicKey, 0, set.Len())
-	for i := range set.Len() {
-		key, _ := set.Key(i)
-		pk, err := convertKey(key)
+	var keys []publicKey
+	var skipped []string
+	for i, raw := range doc.Keys {
+		key, err := jwk.ParseKey(raw)
 		if err != nil {
-			kid, _ := key.KeyID()
-			return nil, fmt.Errorf("key %d (kid %q): %w", i, kid, err)
+			skipped = append(skipped, fmt.Sprintf("key %d: not a valid JSON Web Key (%v)", i, err))
+			continue
+		}
+		kid, _ := key.KeyID()
+		pk, err := convertKey(key)
+		if errors.Is(err, errPrivateKey) {
+			return nil, nil, fmt.Errorf("key %d (kid %q) %w", i, kid, err)
+		}
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("key %d (kid %q): %v", i, kid, err))
+			continue
 		}
 		keys = append(keys, pk)
 	}
-	return keys, nil
+	return keys, skipped, nil
+}
+
+func parsePEM(content []byte) ([]publicKey, []string, error) {
+	var keys []publicKey
+	var skipped []string
+	blocks := 0
+	for rest := content; ; {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		blocks++
+
+		var raw any
+		var err error
+		switch block.Type {
+		case "PUBLIC KEY":
+			raw, err = x509.ParsePKIXPublicKey(block.Bytes)
+		case "RSA PUBLIC KEY":
+			raw, err = x509.ParsePKCS1PublicKey(block.Bytes)
+		case "CERTIFICATE":
+			var cert *x509.Certificate
+			if cert, err = x509.ParseCertificate(block.Bytes); err == nil {
+				raw = cert.PublicKey
+			}
+		case "PRIVATE KEY", "RSA PRIVATE KEY", "EC PRIVATE KEY", "ENCRYPTED PRIVATE KEY":
+			return nil, nil, fmt.Errorf("PEM block %d (%s) %w", blocks, block.Type, errPrivateKey)
+		default:
+			skipped = append(skipped, fmt.Sprintf("PEM block %d: type %q is not a public key or certificate", blocks, block.Type))
+			continue
+		}
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("PEM block %d (%s): unreadable: %v", blocks, block.Type, err))
+			continue
+		}
+
+		pk, err := checkKey(raw)
+		if err != nil {
+			skipped = append(skipped, fmt.Sprintf("PEM block %d (%s): %v", blocks, block.Type, err))
+			continue
+		}
+		keys = append(keys, pk)
+	}
+	if blocks == 0 {
+		return nil, nil, errors.New("no PEM block found: want -----BEGIN PUBLIC KEY----- blocks (for a JSON Web Key Set, use --jwks-file)")
+	}
+	return keys, skipped, nil
 }
 
 // convertKey turns one JWK into a verification key, checking its type,
 // size and declared algorithm and use.
 func convertKey(key jwk.Key) (publicKey, error) {
-	kid, _ := key.KeyID()
 	if use, ok := key.KeyUsage(); ok && use != "sig" {
 		return publicKey{}, fmt.Errorf(`"use" is %q: only signature keys ("sig") verify tokens`, use)
 	}
 
-	pub, err := jwk.PublicKeyOf(key)
-	if err != nil {
-		return publicKey{}, fmt.Errorf("not a public or private key of type RSA or EC: %w", err)
-	}
 	var raw any
-	if err := jwk.Export(pub, &raw); err != nil {
+	if err := jwk.Export(key, &raw); err != nil {
 		return publicKey{}, fmt.Errorf("unreadable key: %w", err)
 	}
+	switch raw.(type) {
+	case *rsa.PrivateKey, *ecdsa.PrivateKey, ed25519.PrivateKey:
+		return publicKey{}, errPrivateKey
+	}
 
-	pk := publicKey{kid: kid, key: raw}
+	pk, err := checkKey(raw)
+	if err != nil {
+		return publicKey{}, err
+	}
+	pk.kid, _ = key.KeyID()
+	if alg, ok := key.Algorithm(); ok && alg.String() != pk.alg {
+		return publicKey{}, fmt.Errorf(`"alg" is %q, but the key can verify only %s`, alg.String(), pk.alg)
+	}
+	return pk, nil
+}
+
+// checkKey accepts RSA keys of at least minRSABits for RS256 and P-256
+// keys for ES256.
+func checkKey(raw any) (publicKey, error) {
 	switch k := raw.(type) {
 	case *rsa.PublicKey:
 		if bits := k.N.BitLen(); bits < minRSABits {
 			return publicKey{}, fmt.Errorf("RSA key of %d bits is too small: use %d bits or more", bits, minRSABits)
 		}
-		pk.alg = algRS256
+		return publicKey{alg: algRS256, key: k}, nil
 	case *ecdsa.PublicKey:
 		if k.Curve != elliptic.P256() {
 			return publicKey{}, fmt.Errorf("EC key on curve %s is not supported: ES256 needs P-256", k.Curve.Params().Name)
 		}
-		pk.alg = algES256
+		return publicKey{alg: algES256, key: k}, nil
+	case []byte:
+		return publicKey{}, errors.New("symmetric (oct) keys are not supported: use --jwt-secret for HS256")
 	default:
-		return publicKey{}, fmt.Errorf("key type %T is not supported: use RSA (RS256) or EC P-256 (ES256)", raw)
+		return publicKey{}, errors.New("key type is not supported: use RSA (RS256) or EC P-256 (ES256)")
 	}
-
-	if alg, ok := key.Algorithm(); ok && alg.String() != pk.alg {
-		return publicKey{}, fmt.Errorf(`"alg" is %q, but the key can verify only %s`, alg.String(), pk.alg)
-	}
-	return pk, nil
 }

@@ -291,19 +291,87 @@ func TestNewVerifierRefusesUnusableKeyFiles(t *testing.T) {
 		want string
 	}{
 		{"missing file", Config{JWKSFile: filepath.Join(t.TempDir(), "absent.json")}, "--jwks-file: open"},
-		{"not JSON", Config{JWKSFile: writeFile(t, "a.json", []byte("hello"))}, "not a JSON Web Key Set"},
-		{"empty set", Config{JWKSFile: writeFile(t, "b.json", []byte(`{"keys": []}`))}, "holds no key"},
-		{"not PEM", Config{PublicKeyFile: writeFile(t, "c.pem", []byte("hello"))}, "--jwt-public-key-file"},
-		{"small RSA key", Config{PublicKeyFile: pemFile(t, &k.rsaSmall.PublicKey)}, "1024 bits"},
-		{"P-384 key", Config{PublicKeyFile: pemFile(t, &k.ecP384.PublicKey)}, "curve P-384 is not supported"},
-		{"symmetric key in a JWKS", Config{JWKSFile: writeFile(t, "d.json", []byte(`{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}`))}, `key 0 (kid "s")`},
-		{"alg that the key cannot verify", Config{JWKSFile: writeFile(t, "e.json", jwks(t, map[string]any{"r": &k.rsa1.PublicKey}, map[string]map[string]any{"r": {"alg": "RS512"}}))}, `"alg" is "RS512"`},
-		{"encryption key", Config{JWKSFile: writeFile(t, "f.json", jwks(t, map[string]any{"r": &k.rsa1.PublicKey}, map[string]map[string]any{"r": {"use": "enc"}}))}, `"use" is "enc"`},
+		{"not JSON", Config{JWKSFile: writeFile(t, "a.json", []byte("hello"))}, `not a JSON Web Key Set: want a JSON object with a "keys" array`},
+		{"PEM given as JWKS", Config{JWKSFile: pemFile(t, &k.ec1.PublicKey)}, "use --jwt-public-key-file"},
+		{"JWKS given as PEM", Config{PublicKeyFile: writeFile(t, "g.json", jwks(t, map[string]any{"e": &k.ec1.PublicKey}, nil))}, "use --jwks-file"},
+		{"empty set", Config{JWKSFile: writeFile(t, "b.json", []byte(`{"keys": []}`))}, "holds no key that can verify"},
+		{"not PEM", Config{PublicKeyFile: writeFile(t, "c.pem", []byte("hello"))}, "no PEM block found"},
+		{"only a small RSA key", Config{PublicKeyFile: pemFile(t, &k.rsaSmall.PublicKey)}, "holds no key that can verify"},
+		{"only a P-384 key", Config{PublicKeyFile: pemFile(t, &k.ecP384.PublicKey)}, "holds no key that can verify"},
+		{"only a symmetric key", Config{JWKSFile: writeFile(t, "d.json", []byte(`{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}`))}, "holds no key that can verify"},
+		{"private key in PEM", Config{PublicKeyFile: privatePEM(t, k.ec1)}, "PEM block 1 (PRIVATE KEY) is a private key"},
+		{"private key in JWKS", Config{JWKSFile: writeFile(t, "h.json", jwks(t, map[string]any{"p": k.ec1}, nil))}, `key 0 (kid "p") is a private key`},
 	}
 	for _, tt := range tests {
 		_, err := NewVerifier(tt.cfg)
 		if err == nil || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("NewVerifier(%s) = %v, want error containing %q", tt.name, err, tt.want)
 		}
+	}
+}
+
+func privatePEM(t *testing.T, key any) string {
+	t.Helper()
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatalf("marshal private key: %v", err)
+	}
+	return writeFile(t, "private.pem", pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der}))
+}
+
+// Identity providers publish encryption keys and keys of other algorithms
+// beside their signing keys: those are skipped, the rest are used.
+func TestKeyFileSkipsKeysItCannotUse(t *testing.T) {
+	k := testKeys()
+	file := writeFile(t, "jwks.json", jwks(t, map[string]any{
+		"enc":   &k.rsa1.PublicKey,
+		"rs512": &k.rsa2.PublicKey,
+		"p384":  &k.ecP384.PublicKey,
+		"sig":   &k.ec1.PublicKey,
+	}, map[string]map[string]any{"enc": {"use": "enc"}, "rs512": {"alg": "RS512"}}))
+	v, err := NewVerifier(Config{JWKSFile: file, Now: func() time.Time { return testNow }})
+	if err != nil {
+		t.Fatalf("NewVerifier = %v, want the usable key loaded", err)
+	}
+	if _, err := v.Verify(signKid(t, jwt.SigningMethodES256, k.ec1, "sig", validClaims())); err != nil {
+		t.Errorf("Verify(token of the usable key) = %v, want accepted", err)
+	}
+	if _, err := v.Verify(signKid(t, jwt.SigningMethodRS256, k.rsa1, "enc", validClaims())); err == nil {
+		t.Errorf("Verify(token signed with an encryption key) accepted, want refused")
+	}
+}
+
+func TestEmptiedKeyFileWithdrawsKeys(t *testing.T) {
+	k := testKeys()
+	now := testNow
+	file := writeFile(t, "jwks.json", jwks(t, map[string]any{"a": &k.ec1.PublicKey}, nil))
+	v, err := NewVerifier(Config{JWKSFile: file, ReloadInterval: time.Minute, Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok := signKid(t, jwt.SigningMethodES256, k.ec1, "a", validClaims())
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("Verify before = %v", err)
+	}
+
+	if err := os.WriteFile(file, []byte(`{"keys": []}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	now = now.Add(time.Minute)
+	if _, err := v.Verify(tok); err == nil {
+		t.Fatal("Verify after the key file was emptied accepted the token, want refused")
+	}
+}
+
+func TestCritHeaderRefused(t *testing.T) {
+	v := newTestVerifier(t, 0)
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, validClaims())
+	tok.Header["crit"] = []string{"exp-policy"}
+	signedTok, err := tok.SignedString(testSecret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := v.Verify(signedTok); err == nil || !strings.Contains(err.Error(), `"crit"`) {
+		t.Fatalf("Verify(token with crit) = %v, want refused naming crit", err)
 	}
 }

@@ -213,6 +213,11 @@ func (e *keyError) Error() string { return e.msg }
 // change to the parser options cannot hand the HS256 secret to another
 // algorithm, or a public key to HS256.
 func (v *Verifier) key(t *jwt.Token) (any, error) {
+	if _, ok := t.Header["crit"]; ok {
+		// RFC 7515: extensions listed in "crit" must be understood, and
+		// this verifier understands none.
+		return nil, &keyError{`the "crit" header lists extensions this sidecar does not support`}
+	}
 	alg := t.Method.Alg()
 	switch t.Method.(type) {
 	case *jwt.SigningMethodHMAC:
