@@ -151,6 +151,9 @@ func NewVerifier(cfg Config) (*Verifier, error) {
 	}
 
 	opts := []jwt.ParserOption{
+		// One token has one spelling: no padding bits or other slack in
+		// its base64, so that a token string can be keyed on.
+		jwt.WithStrictDecoding(),
 		jwt.WithValidMethods(v.algs),
 		jwt.WithExpirationRequired(),
 		jwt.WithLeeway(leeway),
@@ -177,6 +180,11 @@ const algHS256 = "HS256"
 // not yet valid, invalid signature, algorithm not accepted, malformed, or
 // the claim at fault, such as an invalid pattern in "realtime".
 func (v *Verifier) Verify(token string) (*Claims, error) {
+	if strings.ContainsFunc(token, unicode.IsSpace) {
+		// Go's base64 skips line breaks, which would give one token
+		// several spellings.
+		return nil, fmt.Errorf("%w: token contains white space", ErrInvalidToken)
+	}
 	var tc tokenClaims
 	parsed, err := v.parser.ParseWithClaims(token, &tc, v.key)
 	if err != nil {

@@ -294,3 +294,29 @@ func TestSignRejectsNonPositiveTTL(t *testing.T) {
 		}
 	}
 }
+
+func TestVerifyRefusesOtherSpellings(t *testing.T) {
+	v := newTestVerifier(t, 0)
+	tok := sign(t, jwt.SigningMethodHS256, testSecret, validClaims())
+	dot := strings.LastIndexByte(tok, '.')
+
+	// The last base64 character of a 32-byte signature carries 4 unused
+	// bits; flipping one of them changes the string, not the bytes.
+	last := tok[len(tok)-1]
+	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+	i := strings.IndexByte(alphabet, last)
+	slack := tok[:len(tok)-1] + string(alphabet[i^1])
+
+	for name, variant := range map[string]string{
+		"unused bits set":         slack,
+		"line break in signature": tok[:dot+5] + "\r\n" + tok[dot+5:],
+		"space in payload":        strings.Replace(tok, ".", ". ", 1),
+	} {
+		if _, err := v.Verify(variant); err == nil {
+			t.Errorf("Verify(%s) accepted, want refused: a token has one spelling", name)
+		}
+	}
+	if _, err := v.Verify(tok); err != nil {
+		t.Fatalf("Verify(original) = %v", err)
+	}
+}

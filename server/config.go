@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"time"
 )
 
@@ -123,7 +124,7 @@ func (c *Config) Validate() error {
 	if err := checkOrigins(c.AllowedOrigins); err != nil {
 		errs = append(errs, err)
 	}
-	if c.MessageRate <= 0 || c.MessageBurst < 1 {
+	if !(c.MessageRate > 0) || math.IsInf(c.MessageRate, 0) || c.MessageBurst < 1 {
 		errs = append(errs, fmt.Errorf("--message-rate is %g and --message-burst %d: both must be positive", c.MessageRate, c.MessageBurst))
 	}
 	if c.MaxConnections < 1 || c.MaxConnectionsPerSubject < 1 {
