@@ -52,9 +52,10 @@ $$;
 -- +goose StatementBegin
 -- sign returns payload prefixed with its authenticator for channel. It is
 -- PL/pgSQL because, called once or twice per transaction, it measured
--- faster than the same expression as an SQL function.
+-- faster than the same expression as an SQL function. Only the owner may
+-- execute it, directly or from the functions below that run as the owner.
 CREATE FUNCTION realtime.sign(channel text, payload text) RETURNS text
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE AS $$
 DECLARE
     ipad bytea;
     opad bytea;
@@ -68,14 +69,15 @@ $$;
 
 -- +goose StatementBegin
 -- publish_event as in 00001, with the authenticator on its notification;
--- the inline limit leaves room for it. Notifications now name their
+-- the inline limit leaves room for it. Only the owner may execute it: the
+-- sidecar, and the functions below that run as the owner. Notifications now name their
 -- transaction ("x"): Postgres delivers one transaction's notifications
 -- together, so a segment still open when another transaction's arrive was
 -- never going to be committed by a notification (a replayed one), and the
 -- relay drops it instead of holding later broadcasts behind it.
 CREATE OR REPLACE FUNCTION realtime.publish_event(topic text, data jsonb, trusted boolean DEFAULT false, data_text text DEFAULT NULL,
                                                   OUT segment bigint, OUT ord integer)
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql AS $$
 DECLARE
     state   text := current_setting('realtime.segment', true);
     max     integer;
@@ -177,8 +179,8 @@ DECLARE
     payload text;
 BEGIN
     PERFORM realtime.check_topic(topic);
-    IF realtime.reserved_namespace(topic) IS NOT NULL THEN
-        RAISE EXCEPTION 'cannot broadcast on %: the namespace %. is reserved for events the sidecar produces', topic, realtime.reserved_namespace(topic)
+    IF split_part(topic, '.', 1) IN ('db', 'pg', 'presence', 'sys') THEN
+        RAISE EXCEPTION 'cannot broadcast on %: the namespace %. is reserved for events the sidecar produces', topic, split_part(topic, '.', 1)
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Broadcast on a topic outside db., pg., presence. and sys.';
     END IF;
@@ -199,24 +201,15 @@ $$;
 -- +goose StatementEnd
 
 -- +goose StatementBegin
--- reserved_namespace names the sidecar's namespace that topic is in, or
--- returns NULL.
-CREATE FUNCTION realtime.reserved_namespace(topic text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT ns FROM (VALUES ('db'), ('pg'), ('presence'), ('sys')) v(ns) WHERE split_part(topic, '.', 1) = ns
-$$;
--- +goose StatementEnd
-
--- +goose StatementBegin
 -- publish as in 00001, run as the owner, refusing the reserved namespaces:
 -- their events come from the sidecar, from row-change triggers (db.) and
 -- from the application's API keys.
 CREATE OR REPLACE FUNCTION realtime.publish(topic text, data jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ns text := realtime.reserved_namespace(topic);
+    ns text := split_part(topic, '.', 1);
 BEGIN
-    IF ns IS NOT NULL THEN
+    IF ns IN ('db', 'pg', 'presence', 'sys') THEN
         RAISE EXCEPTION 'cannot publish on %: the namespace %. is reserved for events the sidecar produces', topic, ns
             USING ERRCODE = 'insufficient_privilege',
                   HINT = 'Publish on a topic outside db., pg., presence. and sys., or through the HTTP API with an API key.';
@@ -237,9 +230,9 @@ $$;
 CREATE FUNCTION realtime.publish_change(topic text, data jsonb) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    ns text := realtime.reserved_namespace(topic);
+    ns text := split_part(topic, '.', 1);
 BEGIN
-    IF ns IS NOT NULL AND ns <> 'db' THEN
+    IF ns IN ('pg', 'presence', 'sys') THEN
         RAISE EXCEPTION 'cannot publish a row change on %: the namespace %. is reserved for the sidecar (only db. is allowed)', topic, ns
             USING ERRCODE = 'insufficient_privilege';
     END IF;
