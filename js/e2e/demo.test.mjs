@@ -124,6 +124,23 @@ test('a row inserted while the sidecar is down shows after its restart', async (
   }
 });
 
+test('a page whose resume point expired reloads the list', async () => {
+  await control('/stop');
+  for (const page of pages) await waitForState(page, 'reconnecting');
+
+  // Retention marks every event so far as possibly deleted, so the pages
+  // cannot resume and must read the list again.
+  await control('/sql', `
+    INSERT INTO todos (title) VALUES ('inserted before the history expired');
+    UPDATE realtime.settings SET purged_through = (SELECT max(last_id) FROM realtime.transactions);`);
+  await control('/start');
+
+  for (const page of pages) {
+    await waitForState(page, 'open');
+    await item(page, 'inserted before the history expired').waitFor({ timeout: WAIT_MS });
+  }
+});
+
 test('the page stays in sync after the restart', async () => {
   const [a, b] = pages;
   await b.fill('#title', 'added in page B after the restart');
