@@ -16,23 +16,10 @@ import (
 
 	"github.com/pgsidecar/sidecar/auth"
 	"github.com/pgsidecar/sidecar/client"
+	"github.com/pgsidecar/sidecar/cmd/sidecar/demo"
 	"github.com/pgsidecar/sidecar/pgcluster"
 	"github.com/pgsidecar/sidecar/server"
 )
-
-// demoSchema is the demo's table: every change to it is published on
-// db.public.todos by the row-change trigger.
-const demoSchema = `
-CREATE TABLE IF NOT EXISTS public.todos (
-    id         bigserial PRIMARY KEY,
-    title      text NOT NULL,
-    done       boolean NOT NULL DEFAULT false,
-    created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE OR REPLACE TRIGGER todos_realtime
-    AFTER INSERT OR UPDATE OR DELETE ON public.todos
-    FOR EACH ROW EXECUTE FUNCTION realtime.notify_changes();
-`
 
 func runDev(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg := server.Defaults()
@@ -41,9 +28,9 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	f := newEnvFlags("sidecar dev")
 	format, level := serverFlags(f, &cfg)
 	var dataDir string
-	var demo bool
+	var cliDemo bool
 	f.fs.StringVar(&dataDir, "data-dir", "", "keep the throwaway Postgres cluster here (empty: a temporary directory removed on exit)")
-	f.fs.BoolVar(&demo, "demo", true, "insert a row once ready and show it reaching a websocket subscriber")
+	f.fs.BoolVar(&cliDemo, "demo", true, "insert a row once ready and show it reaching a websocket subscriber")
 	if err := parseFlags(f, args, getenv, stderr); err != nil {
 		return err
 	}
@@ -73,69 +60,66 @@ func runDev(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	cfg.Logger = logger
 
-	srv, err := server.New(cfg)
-	if err != nil {
-		return err
-	}
 	ln, err := net.Listen("tcp", cfg.Addr)
 	if err != nil {
 		return fmt.Errorf("listen on %s (use --addr to pick another): %w", cfg.Addr, err)
 	}
 
+	// demo.Run serves the sidecar with the todo page and its application,
+	// and creates the todos table once the sidecar is ready.
 	serveCtx, stopServe := context.WithCancel(ctx)
 	defer stopServe()
+	ready := make(chan struct{})
 	var wg sync.WaitGroup
 	var serveErr error
-	wg.Go(func() { serveErr = srv.Serve(serveCtx, ln) })
+	wg.Go(func() {
+		defer stopServe()
+		serveErr = demo.Run(serveCtx, cfg, ln, func() { close(ready) })
+	})
 
-	err = devWelcome(ctx, cfg, ln.Addr().String(), demo, stdout)
-	if err != nil && ctx.Err() == nil {
+	select {
+	case <-ready:
+		err = devWelcome(serveCtx, cfg, ln.Addr().String(), cliDemo, stdout)
+	case <-serveCtx.Done():
+	}
+	if err != nil && serveCtx.Err() == nil {
 		stopServe()
 		wg.Wait()
 		return err
 	}
 
-	<-ctx.Done()
-	fmt.Fprintln(stdout, "\nShutting down...")
-	stopServe()
+	<-serveCtx.Done()
+	if ctx.Err() != nil {
+		fmt.Fprintln(stdout, "\nShutting down...")
+	}
 	wg.Wait()
 	return serveErr
 }
 
-// devWelcome waits until the server is ready, creates the demo table,
-// prints what to try, and runs the demo.
-func devWelcome(ctx context.Context, cfg server.Config, addr string, demo bool, stdout io.Writer) error {
-	base := "http://" + addr
-	if err := waitReady(ctx, base); err != nil {
-		return err
-	}
-
-	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
-	if err != nil {
-		return fmt.Errorf("connect for the demo table: %w", err)
-	}
-	defer conn.Close(context.WithoutCancel(ctx))
-	if _, err := conn.Exec(ctx, demoSchema); err != nil {
-		return fmt.Errorf("create the demo table: %w", err)
-	}
-
+// devWelcome prints what to try and runs the command-line demo. The
+// sidecar is ready and the todos table exists when it is called.
+func devWelcome(ctx context.Context, cfg server.Config, addr string, cliDemo bool, stdout io.Writer) error {
 	token, err := auth.Sign(cfg.JWTSecret, "dev-user", auth.Realtime{
 		Subscribe: []string{">", "db.>", "pg.>"},
 		Publish:   []string{">"},
+		Call:      []string{"app.todos.*"},
 	}, 24*time.Hour)
 	if err != nil {
 		return err
 	}
 
+	base := "http://" + addr
 	wsURL := "ws://" + addr + "/v1/ws"
 	fmt.Fprintf(stdout, `
 The sidecar is ready at %s.
 
+  Todo demo page %s/
   Database URL   %s
   API key        %s
   Client token   %s
 
-Try it in another terminal:
+Open the demo page in two browser tabs: an item added or ticked in one
+shows in the other at once. Try it in another terminal too:
 
   export SIDECAR_URL='%s' SIDECAR_WS_URL='%s' SIDECAR_API_KEY='%s' DEV_DB='%s'
   export SIDECAR_TOKEN='%s'
@@ -147,11 +131,16 @@ and in a third one, with the same exports:
   go run ./cmd/sidecar pub chat.room1 '{"text": "hello"}'
 
 Press Ctrl-C to stop the sidecar and the throwaway Postgres.
-`, base, cfg.DatabaseURL, cfg.APIKeys[0], token, base, wsURL, cfg.APIKeys[0], cfg.DatabaseURL, token)
+`, base, base, cfg.DatabaseURL, cfg.APIKeys[0], token, base, wsURL, cfg.APIKeys[0], cfg.DatabaseURL, token)
 
-	if !demo {
+	if !cliDemo {
 		return nil
 	}
+	conn, err := pgx.Connect(ctx, cfg.DatabaseURL)
+	if err != nil {
+		return fmt.Errorf("demo: connect: %w", err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	return runDemo(ctx, conn, wsURL, token, stdout)
 }
 
@@ -184,21 +173,6 @@ func runDemo(ctx context.Context, db *pgx.Conn, wsURL, token string, stdout io.W
 	case <-ctx.Done():
 		return errors.New("demo: the inserted row did not reach the subscriber within 30s")
 	}
-}
-
-func waitReady(ctx context.Context, base string) error {
-	deadline := time.Now().Add(2 * time.Minute)
-	for time.Now().Before(deadline) {
-		if run(ctx, []string{"health", base}, nil, io.Discard, io.Discard) == nil {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return errors.New("the server did not become ready within 2 minutes: see the log above")
 }
 
 func randomHex(n int) string {
