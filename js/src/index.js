@@ -698,7 +698,12 @@ export class SidecarClient extends Emitter {
       // with the Last-Event-ID it keeps (which includes the resume point
       // the stream opens with). A refused request closes it for good.
       if (es.readyState === 2) {
-        this.reopenStream(sub, generation, { code: ev.code ?? 0, reason: ev.message ?? 'the event stream failed' });
+        // The `eventsource` package gives the HTTP status as code; browsers
+        // give no detail.
+        const status = typeof ev.code === 'number' ? ev.code : 0;
+        const reason = ev.message ?? 'the event stream request failed';
+        this.emit('error', new SidecarError(`event stream for ${sub.patterns.join(', ')}: ${reason}`, status));
+        this.reopenStream(sub, generation, { code: status, reason });
       } else {
         this.setState('reconnecting', { code: 0, reason: 'the event stream was interrupted', attempt: sub.streamAttempt, patterns: sub.patterns });
       }

@@ -278,6 +278,8 @@ test('subscribe with since older than the retained history emits reload', opts, 
   const topic = uniqueTopic('since');
   const reloads = new Collector();
   client.on('reload', reloads.push);
+  await publishSQL(topic, { n: 1 });
+  await sql("SELECT realtime.purge(now() + interval '1 day', 100000)");
 
   client.subscribe(topic, () => {}, { since: 1 });
   await reloads.count(1);
