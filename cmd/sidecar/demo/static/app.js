@@ -19,7 +19,7 @@ const errorLine = document.getElementById('error');
 
 /** Rows by id, as the list and the row-change events carry them. */
 const rows = new Map();
-/** Ends the current subscription, or null before the first one. */
+/** Function that ends the current subscription, or null while there is none. */
 let unsubscribe = null;
 /** The load in flight, or null. */
 let loading = null;
