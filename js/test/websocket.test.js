@@ -311,3 +311,25 @@ test('close rejects ready and stops reconnecting', opts, async (t) => {
   await assert.rejects(client.ready(), (err) => err.code === 'closed');
   await assert.rejects(client.publish('x', 1), (err) => err.code === 'closed');
 });
+
+test('token refresh with auth keeps the connection past the first exp', opts, async (t) => {
+  const tokens = new Collector();
+  // Each token lives 3 s, and the sidecar runs without leeway, so the
+  // connection survives the wait for five tokens only if refreshes work.
+  const client = newClient(t, {
+    token: () => {
+      const token = signToken('short-lived', { publish: ['short.>'] }, 3);
+      tokens.push(token);
+      return token;
+    },
+  });
+  const states = new Collector();
+  client.on('state', states.push);
+  await client.ready();
+
+  await tokens.count(5, 30000);
+  const published = await client.publish('short.x', 1);
+
+  assert.equal(typeof published.id, 'number');
+  assert.deepEqual(states.items.map((s) => s.state), ['connecting', 'open'], 'the connection never closed');
+});
