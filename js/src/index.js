@@ -1,11 +1,15 @@
 // Client for the sidecar's websocket protocol (JSON-RPC 2.0 over GET /v1/ws)
 // and its server-sent events endpoint (GET /v1/events). It runs in current
-// browsers and in Node 18 and later; where the runtime has no WebSocket or
-// EventSource, the caller injects a constructor such as the one of the `ws`
+// browsers and in Node 18 and later. Where the runtime has no WebSocket or
+// EventSource, the caller passes a constructor, such as the one of the `ws`
 // or `eventsource` package.
 
 /** JSON-RPC code of "history expired": the resume point can no longer be replayed. */
 export const HISTORY_EXPIRED = -32006;
+
+// JSON-RPC code of "rate limited", also sent when a connection has too many
+// subscriptions or requests in flight.
+const RATE_LIMITED = -32004;
 
 /** Close codes that the sidecar sends, as documented in its protocol. */
 export const CloseCodes = Object.freeze({
@@ -582,6 +586,7 @@ export class SidecarClient extends Emitter {
 
   onSubscribed(sub, connection, since, result) {
     if (connection !== this.connection) return;
+    sub.retries = 0;
     if (sub.ended) {
       this.send(connection, 'unsubscribe', { subscription: result.subscription }, DEFAULT_CALL_TIMEOUT_MS).catch(() => {});
       return;
@@ -612,6 +617,14 @@ export class SidecarClient extends Emitter {
       return;
     }
     if (err.code === 'closed') return; // the reconnect subscribes again
+    if (err.code === RATE_LIMITED) {
+      // Too many requests at once, as after a reconnect with many
+      // subscriptions, or too many subscriptions: retry with backoff.
+      if (sub.retries === 0) this.emit('error', wrapError(`subscribing to ${sub.patterns.join(', ')} was rate limited, retrying`, err));
+      const delay = reconnectDelay(this.backoff, sub.retries++, 0);
+      sub.retryTimer = setTimeout(() => this.sendSubscribe(sub, connection), delay);
+      return;
+    }
 
     this.subscriptions.delete(sub);
     sub.ended = true;
@@ -771,6 +784,9 @@ class Subscription {
     this.streamGeneration = 0;
     this.streamAttempt = 0;
     this.reopenTimer = null;
+    // websocket mode: subscribe attempts rejected with -32004 in a row
+    this.retries = 0;
+    this.retryTimer = null;
   }
 
   deliver(event, client) {
@@ -785,6 +801,7 @@ class Subscription {
 
   closeStream() {
     clearTimeout(this.reopenTimer);
+    clearTimeout(this.retryTimer);
     this.streamGeneration++;
     if (this.stream) {
       this.stream.close();

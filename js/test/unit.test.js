@@ -263,3 +263,23 @@ test('token function refreshes the token before it expires', async (t) => {
   await until('a second auth', () => socket(0).lastRequest('auth').params.token === 'tok-2');
   assert.equal(FakeWebSocket.instances.length, 1, 'the refresh keeps the connection');
 });
+
+test('rate-limited subscribe is retried and reported once', async (t) => {
+  const client = newFakeClient(t);
+  const errors = [];
+  client.on('error', (e) => errors.push(e));
+  client.subscribe('a', () => {});
+  await until('a websocket', () => socket(0));
+  socket(0).welcome();
+
+  for (let i = 0; i < 2; i++) {
+    const req = socket(0).lastRequest('subscribe');
+    socket(0).deliver({ jsonrpc: '2.0', id: req.id, error: { code: -32004, message: 'rate limited' } });
+    await until('a retry', () => socket(0).lastRequest('subscribe').id !== req.id);
+  }
+  socket(0).respond(socket(0).lastRequest('subscribe'), { subscription: 's1', topics: ['a'], epoch: 'e1', head: 1 });
+
+  assert.equal(errors.length, 1);
+  assert.equal(errors[0].code, -32004);
+  assert.equal(socket(0).sent.filter((m) => m.method === 'subscribe').length, 3);
+});
