@@ -96,8 +96,8 @@ func TestJSClient(t *testing.T) {
 }
 
 // restartableSidecar is an in-process sidecar on a fixed address that can be
-// stopped and started again. Its application answers app.add and
-// app.whoami (see embeddedMethods).
+// stopped and started again. Its in-process application implements app.add
+// and app.whoami (see embeddedMethods).
 type restartableSidecar struct {
 	t     *testing.T
 	addr  string

@@ -224,9 +224,9 @@ export class SidecarClient extends Emitter {
   }
 
   /**
-   * Answers the requests named name that the application sends to this
-   * client (POST /v1/clients/{id}/call). The handler's return value, or the
-   * value its promise resolves to, is the result. A thrown error becomes a
+   * Registers the handler of the requests named name that the application
+   * sends to this client (POST /v1/clients/{id}/call). The handler's return
+   * value, or the value its promise resolves to, is the result. A thrown error becomes a
    * JSON-RPC error with its numeric .code (default -32000), .message and
    * .data. Returns a function that removes the handler.
    * @param {string} name
@@ -406,8 +406,8 @@ export class SidecarClient extends Emitter {
       this.scheduleRefresh(connection, result?.exp);
     } catch (err) {
       if (connection !== this.connection) return;
-      // The sidecar closes the connection with 1008 at expiry; the
-      // reconnect then asks the token function again.
+      // The sidecar closes the connection with 1008 at expiry, and the
+      // reconnect then calls the token function again.
       this.emit('error', wrapError('replacing the token before it expires failed', err));
     }
   }

@@ -46,7 +46,7 @@ export function fullToken(sub = 'js-tester') {
   return signToken(sub, { subscribe: ['>'], publish: ['>'], call: ['app.*'] });
 }
 
-/** Posts body to the control server and returns its JSON answer. */
+/** Posts body to the control server and returns its JSON response. */
 export async function control(path, body = {}) {
   const resp = await fetch(env.controlUrl + path, {
     method: 'POST',
