@@ -9,9 +9,9 @@ dev:
 	go build -o bin/sidecar ./cmd/sidecar
 	./bin/sidecar dev
 
-# The test command of the README and CI.
+# The test command of the README and CI: Go, JavaScript and browser tests.
 test:
-	./scripts/ensure-postgres.sh
+	./scripts/ensure-test-deps.sh
 	go test -race -count=1 ./...
 
 build:
