@@ -161,6 +161,8 @@ export declare class SidecarClient {
 }
 
 /** Reconnect delay for an attempt (0 first): full jitter, at most initialMs after 1012. */
+/** How long to wait before refreshing a token that expires in remainingMs. */
+export declare function refreshDelay(remainingMs: number): number;
 export declare function reconnectDelay(backoff: Required<BackoffOptions>, attempt: number, code?: number): number;
 
 /** Derives the event stream URL from the websocket URL. */

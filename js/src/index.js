@@ -234,6 +234,9 @@ export class SidecarClient extends Emitter {
    */
   expose(name, handler) {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function');
+    if (this.mode === 'sse') {
+      throw new SidecarError('expose is unavailable in sse mode: the application can call only clients connected over a websocket', 'unavailable');
+    }
     this.exposed.set(name, handler);
     return () => {
       if (this.exposed.get(name) === handler) this.exposed.delete(name);
@@ -386,8 +389,7 @@ export class SidecarClient extends Emitter {
     clearTimeout(this.refreshTimer);
     if (typeof this.token !== 'function' || typeof exp !== 'number') return;
     const remaining = exp * 1000 - Date.now();
-    const delay = Math.max(1000, Math.min(remaining - TOKEN_REFRESH_MARGIN_MS, remaining / 2));
-    this.refreshTimer = setTimeout(() => this.refreshToken(connection), delay);
+    this.refreshTimer = setTimeout(() => this.refreshToken(connection), refreshDelay(remaining));
   }
 
   async refreshToken(connection) {
@@ -716,6 +718,12 @@ export class SidecarClient extends Emitter {
         const status = typeof ev.code === 'number' ? ev.code : 0;
         const reason = ev.message ?? 'the event stream request failed';
         this.emit('error', new SidecarError(`event stream for ${sub.patterns.join(', ')}: ${reason}`, status));
+        if (status === 400 || status === 403) {
+          // An invalid or forbidden pattern stays so: drop the
+          // subscription, as the websocket mode does.
+          this.forgetSubscription(sub);
+          return;
+        }
         this.reopenStream(sub, generation, { code: status, reason });
       } else {
         this.setState('reconnecting', { code: 0, reason: 'the event stream was interrupted', attempt: sub.streamAttempt, patterns: sub.patterns });
@@ -808,6 +816,18 @@ class Subscription {
       this.stream = null;
     }
   }
+}
+
+/**
+ * Returns how long to wait before refreshing a token that expires in
+ * remainingMs: until TOKEN_REFRESH_MARGIN_MS before its exp, or halfway
+ * there for a token that lives shorter than twice the margin, and never
+ * less than a second.
+ * @param {number} remainingMs
+ * @returns {number}
+ */
+export function refreshDelay(remainingMs) {
+  return Math.max(1000, remainingMs - TOKEN_REFRESH_MARGIN_MS, remainingMs / 2);
 }
 
 /**

@@ -4,7 +4,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 
-import { SidecarClient, deriveSSEUrl, reconnectDelay } from '../src/index.js';
+import { SidecarClient, deriveSSEUrl, reconnectDelay, refreshDelay } from '../src/index.js';
 
 const WAIT_MS = 5000;
 
@@ -283,4 +283,20 @@ test('rate-limited subscribe is retried and reported once', async (t) => {
   assert.equal(errors.length, 1);
   assert.equal(errors[0].code, -32004);
   assert.equal(socket(0).sent.filter((m) => m.method === 'subscribe').length, 3);
+});
+
+test('refreshDelay waits for the margin or half the lifetime, not a second', () => {
+  const cases = [
+    [3600_000, 3540_000], // an hour: a minute before exp
+    [120_000, 60_000], // two minutes: a minute before exp, which is halfway
+    [20_000, 10_000], // 20 s: halfway
+    [1_500, 1_000], // nearly expired: at least a second
+  ];
+  for (const [remaining, want] of cases) assert.equal(refreshDelay(remaining), want, `refreshDelay(${remaining})`);
+});
+
+test('expose is refused in sse mode', () => {
+  const client = new SidecarClient({ url: 'ws://sidecar.test/v1/ws', token: 't', mode: 'sse', EventSource: class {} });
+  assert.throws(() => client.expose('m', () => 1), /unavailable in sse mode/);
+  client.close();
 });
