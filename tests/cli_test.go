@@ -207,3 +207,27 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+func TestCommandLineSubStopsOnRefusedToken(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db)
+
+	cmd := command(t, []string{"SIDECAR_WS_URL=" + sc.ws}, "sub", "--token", tokenWithSecret(t, "another secret"), "a.>")
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() {
+		out, err = cmd.CombinedOutput()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(waitLong):
+		_ = cmd.Process.Kill()
+		<-done
+		t.Fatalf("sidecar sub with a refused token still runs after %s, want it to stop:\n%s", waitLong, out)
+	}
+	if err == nil || !strings.Contains(string(out), "refused the token") || !strings.Contains(string(out), "--token") {
+		t.Fatalf("sidecar sub with a refused token = %v:\n%s\nwant a failure that says the token was refused and how to give another", err, out)
+	}
+}

@@ -231,6 +231,9 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 	// goroutine, so the writes are serialized.
 	notices := &lockedWriter{w: stderr}
 	var connected atomic.Bool
+	// A refused token stays refused: retrying it would loop for ever.
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
 	c := client.Connect(ctx, url, client.ReconnectOptions{
 		Options: client.Options{Token: token},
 		OnState: func(s client.State) {
@@ -240,17 +243,31 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 					fmt.Fprintf(notices, "reconnected to %s as %s\n", url, s.Welcome.ClientID)
 				}
 			case client.Disconnected:
+				var hs *client.HandshakeError
+				if errors.As(s.Err, &hs) && hs.StatusCode == http.StatusUnauthorized {
+					stop(fmt.Errorf("the sidecar refused the token: %w: give a current token with --token or SIDECAR_TOKEN (sidecar dev prints a new one at each start)", s.Err))
+					return
+				}
 				fmt.Fprintf(notices, "disconnected from %s: %v; reconnecting in %s\n", url, s.Err, s.Retry.Round(time.Millisecond))
 			}
 		},
 	})
 	defer c.Close()
+	refused := func() error {
+		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
+			return cause
+		}
+		return nil
+	}
 
 	var opts []client.SubscribeOption
 	if since >= 0 {
 		opts = append(opts, client.WithSince(since))
 	}
 	stream, err := c.Subscribe(ctx, f.fs.Args(), opts...)
+	if err := refused(); err != nil {
+		return err
+	}
 	var rpcErr *client.RPCError
 	if errors.As(err, &rpcErr) && rpcErr.Code == client.CodeNotAuthenticated && token == "" {
 		return fmt.Errorf("subscribe: %w: give a client token with --token or SIDECAR_TOKEN", err)
@@ -263,7 +280,11 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	fmt.Fprintf(notices, "subscribed to %s (epoch %s); Ctrl-C to stop\n", strings.Join(f.fs.Args(), " "), stream.Epoch())
 
-	return printEvents(ctx, stream, stdout, notices)
+	err = printEvents(ctx, stream, stdout, notices)
+	if rerr := refused(); rerr != nil {
+		return rerr
+	}
+	return err
 }
 
 // printEvents prints each event as a JSON line until ctx ends. It writes a
