@@ -17,6 +17,7 @@ import (
 const (
 	scenarioLatency    = "latency"
 	scenarioThroughput = "throughput"
+	scenarioIdle       = "idle"
 )
 
 // Publish paths for the latency scenario.
@@ -64,6 +65,11 @@ type config struct {
 	Writers  int
 	Duration time.Duration
 	Batch    int
+
+	// Idle scenario. SidecarPID names the process of a running sidecar,
+	// whose memory use the scenario reads from /proc.
+	Connections int
+	SidecarPID  int
 }
 
 // Defaults of the scenario-specific subscriber counts.
@@ -82,6 +88,9 @@ const (
 	maxBatch        = 10_000
 	maxPayloadBytes = 1 << 20
 	maxDuration     = 10 * time.Minute
+
+	// maxConnections is the sidecar's default --max-connections.
+	maxConnections = 50_000
 )
 
 // Environment variables that supply the secrets when their flags are not
@@ -103,7 +112,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 		fs.PrintDefaults()
 	}
 
-	fs.StringVar(&cfg.Scenario, "scenario", scenarioLatency, "scenario to run: latency or throughput")
+	fs.StringVar(&cfg.Scenario, "scenario", scenarioLatency, "scenario to run: latency, throughput or idle")
 	fs.IntVar(&cfg.Runs, "runs", 3, "how many times to repeat the scenario")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the results as JSON on stdout instead of a table")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "limit for the whole invocation, set-up included")
@@ -131,6 +140,9 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&cfg.Writers, "writers", 4, "throughput: concurrent writers, one Postgres connection each")
 	fs.DurationVar(&cfg.Duration, "duration", 10*time.Second, "throughput: how long the writers publish per run")
 	fs.IntVar(&cfg.Batch, "batch", 1, "throughput: events per transaction")
+
+	fs.IntVar(&cfg.Connections, "connections", 10_000, "idle: websocket connections to open and hold, each with a subscription to a topic of its own")
+	fs.IntVar(&cfg.SidecarPID, "sidecar-pid", 0, "idle: process id of the running sidecar named by --ws-url, to read its memory use; without it memory is reported as unknown")
 
 	if err := fs.Parse(args); err != nil {
 		return config{}, err
@@ -161,7 +173,8 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	return cfg, nil
 }
 
-const usage = `bench measures the sidecar's delivery latency and throughput on this machine.
+const usage = `bench measures the sidecar's delivery latency and throughput, and the cost
+of idle connections, on this machine.
 
 By default it starts a throwaway Postgres cluster (default durability
 settings) and a sidecar as a separate process, both on 127.0.0.1, and
@@ -219,7 +232,7 @@ func (cfg *config) validate() error {
 		}
 	}
 
-	check(cfg.Scenario == scenarioLatency || cfg.Scenario == scenarioThroughput, "--scenario %q: use latency or throughput", cfg.Scenario)
+	check(cfg.Scenario == scenarioLatency || cfg.Scenario == scenarioThroughput || cfg.Scenario == scenarioIdle, "--scenario %q: use latency, throughput or idle", cfg.Scenario)
 	check(cfg.Runs >= 1 && cfg.Runs <= maxRuns, "--runs %d: use 1 to %d", cfg.Runs, maxRuns)
 	check(cfg.Timeout > 0, "--timeout %s: must be positive", cfg.Timeout)
 	check(cfg.Subscribers >= 1 && cfg.Subscribers <= maxSubscribers, "--subscribers %d: use 1 to %d", cfg.Subscribers, maxSubscribers)
@@ -233,6 +246,9 @@ func (cfg *config) validate() error {
 	check(cfg.Writers >= 1 && cfg.Writers <= maxWriters, "--writers %d: use 1 to %d", cfg.Writers, maxWriters)
 	check(cfg.Duration > 0 && cfg.Duration <= maxDuration, "--duration %s: use a positive duration up to %s", cfg.Duration, maxDuration)
 	check(cfg.Batch >= 1 && cfg.Batch <= maxBatch, "--batch %d: use 1 to %d", cfg.Batch, maxBatch)
+	check(cfg.Connections >= 1 && cfg.Connections <= maxConnections, "--connections %d: use 1 to %d", cfg.Connections, maxConnections)
+	check(cfg.SidecarPID >= 0, "--sidecar-pid %d: must be a process id", cfg.SidecarPID)
+	check(cfg.SidecarPID == 0 || cfg.external(), "--sidecar-pid is set, but the benchmark starts its own sidecar and knows its process id: give it only with --ws-url or --http-url")
 
 	if cfg.external() {
 		check(cfg.DatabaseURL != "", "--database-url is missing: a running sidecar is given, so name its database")

@@ -1,5 +1,5 @@
-// Command bench measures the sidecar's delivery latency and throughput
-// over loopback, with the load generator, the sidecar and Postgres on one
+// Command bench measures the sidecar's delivery latency and throughput,
+// and the cost of idle connections, over loopback, with the load generator, the sidecar and Postgres on one
 // machine. Run "go run ./cmd/bench -h" for its flags. docs/benchmarks.md
 // explains the scenarios and records measured figures.
 package main
@@ -56,6 +56,17 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		fmt.Fprintf(stderr, "bench: "+format+"\n", a...)
 	}
 
+	// Before the sidecar starts, so that it inherits the raised limit.
+	var fileLimit uint64
+	if cfg.Scenario == scenarioIdle {
+		if fileLimit, err = raiseFileLimit(); err != nil {
+			return err
+		}
+		if err := checkFileLimit(cfg.Connections, fileLimit); err != nil {
+			return err
+		}
+	}
+
 	t, err := setUpTarget(ctx, cfg, progress)
 	defer func() {
 		if closeErr := t.Close(); closeErr != nil {
@@ -67,6 +78,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	}
 
 	rep := newReport(cfg, args, t.Setup)
+	if cfg.Scenario == scenarioIdle {
+		rep.Parameters["open_files_limit"] = fileLimit
+	}
 	for i := 1; i <= cfg.Runs; i++ {
 		progress("%s run %d of %d", cfg.Scenario, i, cfg.Runs)
 		if err := runScenario(ctx, cfg, t, i, rep); err != nil {
@@ -106,6 +120,12 @@ func runScenario(ctx context.Context, cfg config, t *target, run int, rep *repor
 			return err
 		}
 		rep.throughputRuns = append(rep.throughputRuns, x)
+	case scenarioIdle:
+		x, err := runIdle(ctx, cfg, t, run)
+		if err != nil {
+			return err
+		}
+		rep.idleRuns = append(rep.idleRuns, x)
 	}
 	return nil
 }

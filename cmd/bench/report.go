@@ -17,11 +17,12 @@ type report struct {
 	Command    string            `json:"command"`
 	Parameters map[string]any    `json:"parameters"`
 	Setup      setup             `json:"setup"`
-	Runs       any               `json:"runs"` // []latencyRun or []throughputRun
+	Runs       any               `json:"runs"` // []latencyRun, []throughputRun or []idleRun
 	Summary    map[string]spread `json:"summary"`
 
 	latencyRuns    []latencyRun
 	throughputRuns []throughputRun
+	idleRuns       []idleRun
 }
 
 func newReport(cfg config, args []string, s setup) *report {
@@ -30,12 +31,20 @@ func newReport(cfg config, args []string, s setup) *report {
 		"subscribers":   cfg.Subscribers,
 		"payload_bytes": cfg.PayloadBytes,
 	}
-	if cfg.Scenario == scenarioLatency {
+	switch cfg.Scenario {
+	case scenarioIdle:
+		params = map[string]any{
+			"runs":             cfg.Runs,
+			"connections":      cfg.Connections,
+			"dial_concurrency": idleDialConcurrency,
+			"settle_s":         idleSettle.Seconds(),
+		}
+	case scenarioLatency:
 		params["events"] = cfg.Events
 		params["interval_ms"] = millis(cfg.Interval)
 		params["via"] = cfg.Via
 		params["slow_subscribers"] = cfg.SlowSubscribers
-	} else {
+	default:
 		params["writers"] = cfg.Writers
 		params["duration_s"] = cfg.Duration.Seconds()
 		params["batch"] = cfg.Batch
@@ -99,6 +108,10 @@ func redactPassword(raw string) string {
 
 // summarize fills Runs and Summary from the recorded runs.
 func (r *report) summarize() {
+	if r.Scenario == scenarioIdle {
+		r.summarizeIdle()
+		return
+	}
 	if r.Scenario == scenarioLatency {
 		r.Runs = r.latencyRuns
 		r.Summary = map[string]spread{
@@ -173,10 +186,13 @@ func (r *report) writeTable(w io.Writer, cfg config) error {
 	fmt.Fprintf(w, "Command   %s\n\n", r.Command)
 
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	if r.Scenario == scenarioLatency {
+	switch r.Scenario {
+	case scenarioLatency:
 		r.latencyTable(tw, cfg.SlowSubscribers > 0)
-	} else {
+	case scenarioThroughput:
 		r.throughputTable(tw)
+	case scenarioIdle:
+		r.idleTable(tw)
 	}
 	if err := tw.Flush(); err != nil {
 		return fmt.Errorf("write table: %w", err)
@@ -185,6 +201,9 @@ func (r *report) writeTable(w io.Writer, cfg config) error {
 }
 
 func describeScenario(cfg config) string {
+	if cfg.Scenario == scenarioIdle {
+		return describeIdle(cfg)
+	}
 	if cfg.Scenario == scenarioLatency {
 		var slow string
 		if cfg.SlowSubscribers > 0 {

@@ -24,10 +24,23 @@ type target struct {
 	JWTSecret   []byte
 	APIKey      string
 
+	// SidecarPID is the sidecar's process id, for reading its memory use
+	// from /proc. It is 0 when unknown: a running sidecar given without
+	// --sidecar-pid.
+	SidecarPID int
+
 	// Setup describes the target for the report.
 	Setup setup
 
 	closers []func() error // run in reverse order by Close
+
+	// The sidecar process that the benchmark started, and what
+	// restartSidecar needs to start it again. sidecar is nil for a
+	// sidecar that was already running.
+	sidecar     *sidecarProcess
+	sidecarBin  string
+	sidecarArgs []string
+	sidecarDir  string
 }
 
 // setup is the report's description of where the figures come from.
@@ -73,6 +86,7 @@ func setUpTarget(ctx context.Context, cfg config, progress func(string, ...any))
 
 	if cfg.external() {
 		t.Setup.Sidecar = "already running at " + t.HTTPURL
+		t.SidecarPID = cfg.SidecarPID
 		return t, nil
 	}
 	if err := t.startSidecar(ctx, cfg.SidecarBin, cfg.SidecarArgs, progress); err != nil {
@@ -100,18 +114,59 @@ func (t *target) startSidecar(ctx context.Context, bin string, extraArgs []strin
 
 	t.JWTSecret = []byte(randomHex(32))
 	t.APIKey = "bench-" + randomHex(12)
+	t.sidecarBin, t.sidecarArgs, t.sidecarDir = bin, extraArgs, dir
+	t.closers = append(t.closers, t.stopSidecar)
 	progress("starting the sidecar process")
-	proc, base, err := startSidecar(ctx, bin, t.DatabaseURL, string(t.JWTSecret), t.APIKey, extraArgs, dir+"/sidecar.log")
+	if err := t.launchSidecar(ctx); err != nil {
+		return err
+	}
+
+	t.Setup.Sidecar = fmt.Sprintf("separate process (%s) at %s", bin, t.HTTPURL)
+	if len(extraArgs) > 0 {
+		t.Setup.Sidecar += " with " + strings.Join(extraArgs, " ")
+	}
+	return nil
+}
+
+// launchSidecar starts the sidecar process and points the target's URLs
+// and SidecarPID at it.
+func (t *target) launchSidecar(ctx context.Context) error {
+	proc, base, err := startSidecar(ctx, t.sidecarBin, t.DatabaseURL, string(t.JWTSecret), t.APIKey, t.sidecarArgs, t.sidecarDir+"/sidecar.log")
 	if err != nil {
 		return err
 	}
-	t.closers = append(t.closers, proc.stop)
-
+	t.sidecar = proc
+	t.SidecarPID = proc.cmd.Process.Pid
 	t.HTTPURL = base
 	t.WSURL = "ws" + base[len("http"):] + "/v1/ws"
-	t.Setup.Sidecar = fmt.Sprintf("separate process (%s) at %s", bin, base)
-	if len(extraArgs) > 0 {
-		t.Setup.Sidecar += " with " + strings.Join(extraArgs, " ")
+	return nil
+}
+
+// stopSidecar stops the sidecar process that the benchmark started, if
+// any.
+func (t *target) stopSidecar() error {
+	if t.sidecar == nil {
+		return nil
+	}
+	err := t.sidecar.stop()
+	t.sidecar = nil
+	return err
+}
+
+// canRestartSidecar reports whether the benchmark started the sidecar, so
+// that restartSidecar can replace it.
+func (t *target) canRestartSidecar() bool {
+	return t.sidecarBin != ""
+}
+
+// restartSidecar stops the sidecar that the benchmark started and starts
+// a new process with the same binary, flags and secrets, on a new port.
+func (t *target) restartSidecar(ctx context.Context) error {
+	if err := t.stopSidecar(); err != nil {
+		return fmt.Errorf("stop sidecar before restart: %w", err)
+	}
+	if err := t.launchSidecar(ctx); err != nil {
+		return fmt.Errorf("restart sidecar: %w", err)
 	}
 	return nil
 }
