@@ -30,8 +30,8 @@ const (
 	idleDialTimeout = 30 * time.Second
 
 	// idleSettle is the pause between the last subscribe result and the
-	// second memory reading, so that the sidecar's goroutines for the new
-	// connections have finished their set-up work.
+	// second memory reading, so that the reading does not catch work that
+	// trails the last result, such as the sidecar writing its log.
 	idleSettle = 2 * time.Second
 
 	// fileReserve is the number of file descriptors that the benchmark
@@ -192,7 +192,7 @@ func parseVmRSS(status string) (int64, error) {
 		}
 		fields := strings.Fields(rest)
 		if len(fields) != 2 || fields[1] != "kB" {
-			return 0, fmt.Errorf("VmRSS line %q: want a number followed by kB", strings.TrimSpace(line))
+			return 0, fmt.Errorf("VmRSS line %q: expected a number followed by kB", strings.TrimSpace(line))
 		}
 		kib, err := strconv.ParseInt(fields[0], 10, 64)
 		if err != nil || kib < 0 {
@@ -205,8 +205,9 @@ func parseVmRSS(status string) (int64, error) {
 
 // raiseFileLimit raises the soft RLIMIT_NOFILE of this process to its hard
 // limit and returns the new soft limit. A sidecar started afterwards
-// inherits it: the Go runtime passes its original soft limit to child
-// processes unless the program has called Setrlimit itself.
+// inherits it, because the Go runtime (syscall.Setrlimit, as of Go 1.26)
+// stops passing the original soft limit to child processes once the
+// program has called Setrlimit itself.
 func raiseFileLimit() (uint64, error) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {

@@ -87,8 +87,8 @@ func TestParseConfigIdle(t *testing.T) {
 	}
 }
 
-// serveIdleSidecar starts a fake sidecar that answers the welcome and one
-// subscribe per connection and then reads until the client closes. It
+// serveIdleSidecar starts a fake sidecar that sends the welcome and one
+// subscribe result per connection and then reads until the client closes. It
 // counts the subscribed connections, and sends on closed when one ends.
 func serveIdleSidecar(t *testing.T) (tgt *target, subscribed *atomic.Int64, closed <-chan struct{}) {
 	subscribed = new(atomic.Int64)
