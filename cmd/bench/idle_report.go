@@ -62,7 +62,7 @@ func (r *report) idleTable(tw io.Writer) {
 
 // describeIdle describes the idle scenario for the report's first line.
 func describeIdle(cfg config) string {
-	sidecar := "a fresh sidecar process per run"
+	sidecar := "a fresh sidecar process on a new port for each run"
 	if cfg.external() {
 		sidecar = "the running sidecar"
 	}
