@@ -45,9 +45,15 @@ type receiver struct {
 // upgrade requests, and nil means http.DefaultClient. On error it closes
 // the ones it opened.
 func dialReceivers(ctx context.Context, t *target, n int, topic string, buffer int, httpClient *http.Client) ([]*receiver, error) {
-	token, err := signToken(t, "bench-subscriber")
-	if err != nil {
-		return nil, err
+	// One subject per subscriber, as in production: the sidecar limits the
+	// connections of one subject (--max-connections-per-subject).
+	tokens := make([]string, n)
+	for i := range tokens {
+		token, err := signToken(t, fmt.Sprintf("bench-subscriber-%d", i))
+		if err != nil {
+			return nil, err
+		}
+		tokens[i] = token
 	}
 
 	receivers := make([]*receiver, n)
@@ -55,7 +61,7 @@ func dialReceivers(ctx context.Context, t *target, n int, topic string, buffer i
 	g.SetLimit(dialConcurrency)
 	for i := range receivers {
 		g.Go(func() error {
-			conn, err := client.Dial(gctx, t.WSURL, client.Options{Token: token, HTTPClient: httpClient})
+			conn, err := client.Dial(gctx, t.WSURL, client.Options{Token: tokens[i], HTTPClient: httpClient})
 			if err != nil {
 				return fmt.Errorf("subscriber %d: %w", i, err)
 			}
