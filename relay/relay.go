@@ -53,11 +53,12 @@ type Config struct {
 	// new table is delivered. Ids start again there, so the caller resets
 	// whatever compares ids, such as the hub's watermark.
 	NewIDSpace func(lastBefore int64)
-	// Open, if set, checks the authenticator of every notification of the
-	// realtime channel and returns the payload without it. A notification
-	// it refuses is dropped, counted and logged at most every 10 s: any
-	// role that can connect may NOTIFY, so it is not to be trusted.
-	Open func(payload string) (string, bool)
+	// Open, if set, checks the authenticator of every notification, before
+	// Intercept sees it, and returns the payload without it. It returns
+	// channels that carry no authenticator unchanged. A rejected
+	// notification is dropped, counted and logged at most every 10 s,
+	// because any role that can connect may NOTIFY.
+	Open func(channel, payload string) (string, bool)
 	// Logger receives catch-up and decoding problems; nil discards them.
 	Logger *slog.Logger
 	// Now stamps pg_notify events, which carry no database time; nil means
@@ -81,8 +82,8 @@ type Relay struct {
 	// events of another transaction were replayed, never to be committed.
 	pendingXact int64
 
-	refused       int64     // notifications Open refused
-	refusedLogged time.Time // when a refusal was last logged
+	rejected     int64     // notifications Open rejected
+	rejectLogged time.Time // when a rejection was last logged
 }
 
 type pendingEvent struct {
@@ -154,24 +155,26 @@ func (r *Relay) Run(ctx context.Context, events <-chan listen.Event) error {
 
 // Handle processes one listener event.
 func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
-	switch {
-	case ev.Kind == listen.Resync:
+	if ev.Kind == listen.Resync {
 		return r.catchUp(ctx)
-	case ev.Channel == store.Channel:
-		payload := ev.Payload
-		if r.cfg.Open != nil {
-			var ok bool
-			if payload, ok = r.cfg.Open(payload); !ok {
-				r.refuse(len(ev.Payload))
-				return nil
-			}
-		}
-		return r.handleRealtime(ctx, payload)
-	default:
-		if r.cfg.Intercept != nil && r.cfg.Intercept(ev.Channel, ev.Payload) {
+	}
+
+	payload := ev.Payload
+	if r.cfg.Open != nil {
+		var ok bool
+		if payload, ok = r.cfg.Open(ev.Channel, payload); !ok {
+			r.reject(ev.Channel, len(ev.Payload))
 			return nil
 		}
-		r.deliverChannel(ev.Channel, ev.Payload)
+	}
+
+	switch {
+	case ev.Channel == store.Channel:
+		return r.handleRealtime(ctx, payload)
+	case r.cfg.Intercept != nil && r.cfg.Intercept(ev.Channel, payload):
+		return nil
+	default:
+		r.deliverChannel(ev.Channel, payload)
 		return nil
 	}
 }
@@ -188,22 +191,22 @@ func (r *Relay) dropStale(xact int64) {
 	clear(r.pending)
 }
 
-// refuse counts a notification whose authenticator is wrong, and logs the
-// count at most every 10 s.
-func (r *Relay) refuse(size int) {
-	r.refused++
+// reject counts a notification whose authenticator is invalid, and logs
+// the count at most every 10 s.
+func (r *Relay) reject(channel string, size int) {
+	r.rejected++
 	now := r.cfg.Now()
-	if now.Sub(r.refusedLogged) < 10*time.Second {
+	if now.Sub(r.rejectLogged) < 10*time.Second {
 		return
 	}
-	r.refusedLogged = now
-	r.log.Warn("dropped a notification on the realtime channel without a valid authenticator: some role sends NOTIFY there that is not the sidecar's",
-		"channel", store.Channel, "bytes", size, "refused_total", r.refused)
+	r.rejectLogged = now
+	r.log.Warn("dropped a notification without a valid authenticator: a database role that is not a sidecar sends NOTIFY on this channel",
+		"channel", channel, "bytes", size, "rejected_total", r.rejected)
 }
 
-// Refused returns the number of notifications dropped because their
-// authenticator was wrong. Call it on the goroutine that runs Run.
-func (r *Relay) Refused() int64 { return r.refused }
+// Rejected returns the number of notifications dropped because their
+// authenticator was invalid. Call it on the goroutine that runs Run.
+func (r *Relay) Rejected() int64 { return r.rejected }
 
 // catchUp reads every event committed after the last delivered one. It
 // drops what the old connection left half-received: those segments are

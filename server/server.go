@@ -248,30 +248,20 @@ func (s *Server) start(ctx context.Context) {
 	s.hub.SetWatermark(last)
 
 	probes := make(chan string, 16)
-	// Refused routing messages, counted and logged at most every 10 s by
-	// Intercept, which runs on the relay's goroutine only.
-	var forgedRouted int64
-	var forgedLogged time.Time
 	r := relay.New(relay.Config{
 		Store: s.store,
+		Open: func(channel, payload string) (string, bool) {
+			if channel != store.Channel && channel != RoutingChannel {
+				return payload, true // a --listen-channels channel: not signed
+			}
+			return s.openNotification(ctx, channel, payload)
+		},
 		Intercept: func(channel, payload string) bool {
 			if channel != RoutingChannel {
 				return false
 			}
-			if body, ok := s.openNotification(ctx, channel, payload); ok {
-				s.router.handle(ctx, body)
-				return true
-			}
-			forgedRouted++
-			if now := time.Now(); now.Sub(forgedLogged) >= 10*time.Second {
-				forgedLogged = now
-				s.log.Warn("dropped a message on the routing channel without a valid authenticator: some role sends NOTIFY there that is not a sidecar",
-					"channel", channel, "bytes", len(payload), "refused_total", forgedRouted)
-			}
+			s.router.handle(ctx, payload)
 			return true
-		},
-		Open: func(payload string) (string, bool) {
-			return s.openNotification(ctx, store.Channel, payload)
 		},
 		Probe: func(token string) {
 			select {
