@@ -59,18 +59,7 @@ var keepAliveBlock = []byte(": keep-alive\n\n")
 // internal errors, or the websocket's close code where a websocket would
 // be closed (1008 token expired, 1012 draining, 1013 too slow).
 func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		writeError(w, http.StatusServiceUnavailable, "draining", "this sidecar is shutting down: connect to another instance")
-		return
-	}
-	if !s.started.Load() {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", "this sidecar is starting: retry shortly")
-		return
-	}
-	if !s.originAllowed(r) {
-		s.log.Info("event stream origin rejected", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"))
-		writeError(w, http.StatusForbidden, "origin_not_allowed",
-			"origin "+r.Header.Get("Origin")+" is not allowed: add it to --allowed-origins (SIDECAR_ALLOWED_ORIGINS)")
+	if !s.admitClient(w, r, "event stream") {
 		return
 	}
 
@@ -82,14 +71,7 @@ func (s *Server) serveSSE(w http.ResponseWriter, r *http.Request) {
 	}
 
 	subject := req.claims.Subject
-	switch s.conns.acquire(subject, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSubject) {
-	case "total":
-		s.log.Warn("event stream rejected: connection limit reached", "limit", s.cfg.MaxConnections)
-		writeError(w, http.StatusServiceUnavailable, "too_many_connections", "this sidecar has reached --max-connections: connect to another instance or retry later")
-		return
-	case "subject":
-		s.log.Info("event stream rejected: subject at its connection limit", "sub", subject, "limit", s.cfg.MaxConnectionsPerSubject)
-		writeError(w, http.StatusTooManyRequests, "too_many_connections", "this token's subject already has the maximum number of connections (--max-connections-per-subject): close one first")
+	if !s.acquireConnection(w, subject, "event stream") {
 		return
 	}
 	defer s.conns.release(subject)

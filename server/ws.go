@@ -69,19 +69,7 @@ type session struct {
 
 // serveWS is the handler of GET /v1/ws.
 func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
-	if s.draining.Load() {
-		writeError(w, http.StatusServiceUnavailable, "draining", "this sidecar is shutting down: connect to another instance")
-		return
-	}
-	if !s.started.Load() {
-		writeError(w, http.StatusServiceUnavailable, "not_ready", "this sidecar is starting: retry shortly")
-		return
-	}
-
-	if !s.originAllowed(r) {
-		s.log.Info("websocket origin rejected", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"))
-		writeError(w, http.StatusForbidden, "origin_not_allowed",
-			"origin "+r.Header.Get("Origin")+" is not allowed: add it to --allowed-origins (SIDECAR_ALLOWED_ORIGINS)")
+	if !s.admitClient(w, r, "websocket") {
 		return
 	}
 
@@ -98,14 +86,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if claims != nil {
 		subject = claims.Subject
 	}
-	switch s.conns.acquire(subject, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSubject) {
-	case "total":
-		s.log.Warn("websocket refused: connection limit reached", "limit", s.cfg.MaxConnections)
-		writeError(w, http.StatusServiceUnavailable, "too_many_connections", "this sidecar has reached --max-connections: connect to another instance or retry later")
-		return
-	case "subject":
-		s.log.Info("websocket refused: subject at its connection limit", "sub", subject, "limit", s.cfg.MaxConnectionsPerSubject)
-		writeError(w, http.StatusTooManyRequests, "too_many_connections", "this token's subject already has the most connections allowed (--max-connections-per-subject): close one first")
+	if !s.acquireConnection(w, subject, "websocket") {
 		return
 	}
 	counted := subject
@@ -230,7 +211,48 @@ func (sess *session) stopTimers() {
 	}
 }
 
-// noTokenKeys answers a token given to a sidecar that has no key to check it.
+// admitClient checks what a websocket upgrade and an event stream request
+// have in common: the sidecar is started and not draining, and the origin
+// is allowed. Otherwise it writes the error response and returns false.
+// kind names the request in log lines.
+func (s *Server) admitClient(w http.ResponseWriter, r *http.Request, kind string) bool {
+	if s.draining.Load() {
+		writeError(w, http.StatusServiceUnavailable, "draining", "this sidecar is shutting down: connect to another instance")
+		return false
+	}
+	if !s.started.Load() {
+		writeError(w, http.StatusServiceUnavailable, "not_ready", "this sidecar is starting: retry shortly")
+		return false
+	}
+	if !s.originAllowed(r) {
+		s.log.Info(kind+" origin rejected", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"))
+		writeError(w, http.StatusForbidden, "origin_not_allowed",
+			"origin "+r.Header.Get("Origin")+" is not allowed: add it to --allowed-origins (SIDECAR_ALLOWED_ORIGINS)")
+		return false
+	}
+	return true
+}
+
+// acquireConnection counts a new websocket or event stream of subject
+// against --max-connections and --max-connections-per-subject. Over a limit
+// it writes 503 or 429 and returns false. The caller releases what it
+// acquired with s.conns.release(subject).
+func (s *Server) acquireConnection(w http.ResponseWriter, subject, kind string) bool {
+	switch s.conns.acquire(subject, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSubject) {
+	case "total":
+		s.log.Warn(kind+" rejected: connection limit reached", "limit", s.cfg.MaxConnections)
+		writeError(w, http.StatusServiceUnavailable, "too_many_connections", "this sidecar has reached --max-connections: connect to another instance or retry later")
+		return false
+	case "subject":
+		s.log.Info(kind+" rejected: subject at its connection limit", "sub", subject, "limit", s.cfg.MaxConnectionsPerSubject)
+		writeError(w, http.StatusTooManyRequests, "too_many_connections", "this token's subject already has the maximum number of connections (--max-connections-per-subject): close one first")
+		return false
+	}
+	return true
+}
+
+// noTokenKeys is the error for a token given to a sidecar that has no key
+// to check it.
 const noTokenKeys = "this sidecar accepts no client tokens: it was started without --jwt-secret, --jwt-public-key-file or --jwks-file"
 
 // upgradeClaims returns the claims a new connection starts with: its
