@@ -63,17 +63,21 @@ type keySet struct {
 }
 
 // loadKeySet reads the keys of path, a JWKS file when jwks is true and a PEM
-// file otherwise. It fails when the file cannot be read, holds no usable key,
-// or holds a key of an unsupported type.
+// file otherwise. It fails when the file cannot be read, contains no usable
+// key, or contains a private key.
 func loadKeySet(path string, jwks bool, interval time.Duration, now func() time.Time, log *slog.Logger) (*keySet, error) {
 	s := &keySet{path: path, jwks: jwks, interval: interval, now: now, log: log}
 
-	content, keys, err := s.read()
+	content, err := s.readFile()
+	if err != nil {
+		return nil, err
+	}
+	keys, err := s.parse(content)
 	if err != nil {
 		return nil, err
 	}
 	if len(keys) == 0 {
-		return nil, fmt.Errorf("%s %s: holds no key that can verify RS256 or ES256 tokens (the log lists the keys skipped and why)", s.flagName(), path)
+		return nil, fmt.Errorf("%s %s: no key can verify RS256 or ES256 tokens (the log lists the skipped keys and why)", s.flagName(), path)
 	}
 	s.content, s.keys, s.checked = content, keys, now()
 	return s, nil
@@ -87,26 +91,31 @@ func (s *keySet) flagName() string {
 	return "--jwt-public-key-file"
 }
 
-// read reads and parses the file.
-func (s *keySet) read() ([]byte, []publicKey, error) {
+func (s *keySet) readFile() ([]byte, error) {
 	content, err := os.ReadFile(s.path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s: %w", s.flagName(), err)
+		return nil, fmt.Errorf("%s: %w", s.flagName(), err)
 	}
+	return content, nil
+}
+
+// parse parses content and logs each key it skips.
+func (s *keySet) parse(content []byte) ([]publicKey, error) {
 	keys, skipped, err := parseKeys(content, s.jwks)
 	if err != nil {
-		return nil, nil, fmt.Errorf("%s %s: %w", s.flagName(), s.path, err)
+		return nil, fmt.Errorf("%s %s: %w", s.flagName(), s.path, err)
 	}
 	for _, reason := range skipped {
 		s.log.Warn("key skipped: it cannot verify RS256 or ES256 tokens", "file", s.path, "key", reason)
 	}
-	return content, keys, nil
+	return keys, nil
 }
 
 // lookup returns the keys for a token signed with alg and carrying kid
 // ("" when the token has none). A token with a kid gets the key of that
-// id; a token without one gets every key of its algorithm. When the kid is
-// unknown, the file is reread first, at most once per unknownKidReload.
+// id, and a token without one gets every key of its algorithm. An unknown
+// kid rereads the file first, unless the last read is more recent than
+// unknownKidReload.
 func (s *keySet) lookup(alg, kid string) []publicKey {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -124,12 +133,21 @@ func (s *keySet) lookup(alg, kid string) []publicKey {
 	return found
 }
 
-// reload rereads the file and swaps the keys when its content changed. The
-// caller holds s.mu.
+// reload rereads the file and, when its content changed, parses it and
+// swaps the keys. A file that cannot be read or parsed keeps the previous
+// keys, and each distinct error is logged once. The caller holds s.mu.
 func (s *keySet) reload(now time.Time) {
 	s.checked = now
 
-	content, keys, err := s.read()
+	content, err := s.readFile()
+	if err == nil && bytes.Equal(content, s.content) {
+		s.lastError = ""
+		return
+	}
+	var keys []publicKey
+	if err == nil {
+		keys, err = s.parse(content)
+	}
 	if err != nil {
 		if msg := err.Error(); msg != s.lastError {
 			s.lastError = msg
@@ -137,14 +155,12 @@ func (s *keySet) reload(now time.Time) {
 		}
 		return
 	}
+
 	s.lastError = ""
-	if bytes.Equal(content, s.content) {
-		return
-	}
 	s.content, s.keys = content, keys
 	if len(keys) == 0 {
 		// An emptied file is how an operator withdraws every key at once.
-		s.log.Warn("key file reloaded with no usable key: its tokens are refused until keys return", "file", s.path)
+		s.log.Warn("key file reloaded with no usable key: tokens are rejected until it contains keys again", "file", s.path)
 		return
 	}
 	s.log.Info("key file reloaded", "file", s.path, "keys", len(keys))

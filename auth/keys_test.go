@@ -1,6 +1,7 @@
 package auth
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"strings"
@@ -294,11 +296,11 @@ func TestNewVerifierRefusesUnusableKeyFiles(t *testing.T) {
 		{"not JSON", Config{JWKSFile: writeFile(t, "a.json", []byte("hello"))}, `not a JSON Web Key Set: want a JSON object with a "keys" array`},
 		{"PEM given as JWKS", Config{JWKSFile: pemFile(t, &k.ec1.PublicKey)}, "use --jwt-public-key-file"},
 		{"JWKS given as PEM", Config{PublicKeyFile: writeFile(t, "g.json", jwks(t, map[string]any{"e": &k.ec1.PublicKey}, nil))}, "use --jwks-file"},
-		{"empty set", Config{JWKSFile: writeFile(t, "b.json", []byte(`{"keys": []}`))}, "holds no key that can verify"},
+		{"empty set", Config{JWKSFile: writeFile(t, "b.json", []byte(`{"keys": []}`))}, "no key can verify RS256 or ES256 tokens"},
 		{"not PEM", Config{PublicKeyFile: writeFile(t, "c.pem", []byte("hello"))}, "no PEM block found"},
-		{"only a small RSA key", Config{PublicKeyFile: pemFile(t, &k.rsaSmall.PublicKey)}, "holds no key that can verify"},
-		{"only a P-384 key", Config{PublicKeyFile: pemFile(t, &k.ecP384.PublicKey)}, "holds no key that can verify"},
-		{"only a symmetric key", Config{JWKSFile: writeFile(t, "d.json", []byte(`{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}`))}, "holds no key that can verify"},
+		{"only a small RSA key", Config{PublicKeyFile: pemFile(t, &k.rsaSmall.PublicKey)}, "no key can verify RS256 or ES256 tokens"},
+		{"only a P-384 key", Config{PublicKeyFile: pemFile(t, &k.ecP384.PublicKey)}, "no key can verify RS256 or ES256 tokens"},
+		{"only a symmetric key", Config{JWKSFile: writeFile(t, "d.json", []byte(`{"keys":[{"kty":"oct","kid":"s","k":"c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"}]}`))}, "no key can verify RS256 or ES256 tokens"},
 		{"private key in PEM", Config{PublicKeyFile: privatePEM(t, k.ec1)}, "PEM block 1 (PRIVATE KEY) is a private key"},
 		{"private key in JWKS", Config{JWKSFile: writeFile(t, "h.json", jwks(t, map[string]any{"p": k.ec1}, nil))}, `key 0 (kid "p") is a private key`},
 	}
@@ -373,5 +375,35 @@ func TestCritHeaderRefused(t *testing.T) {
 	}
 	if _, err := v.Verify(signedTok); err == nil || !strings.Contains(err.Error(), `"crit"`) {
 		t.Fatalf("Verify(token with crit) = %v, want refused naming crit", err)
+	}
+}
+
+func TestUnchangedKeyFileIsNotParsedAgain(t *testing.T) {
+	k := testKeys()
+	file := writeFile(t, "jwks.json", jwks(t, map[string]any{
+		"enc": &k.rsa1.PublicKey,
+		"sig": &k.ec1.PublicKey,
+	}, map[string]map[string]any{"enc": {"use": "enc"}}))
+	var logs bytes.Buffer
+	now := testNow
+	v, err := NewVerifier(Config{
+		JWKSFile:       file,
+		ReloadInterval: time.Minute,
+		Now:            func() time.Time { return now },
+		Logger:         slog.New(slog.NewTextHandler(&logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tok := signKid(t, jwt.SigningMethodES256, k.ec1, "sig", validClaims())
+	for range 3 {
+		now = now.Add(time.Minute)
+		if _, err := v.Verify(tok); err != nil {
+			t.Fatalf("Verify = %v", err)
+		}
+	}
+	if got := strings.Count(logs.String(), "key skipped"); got != 1 {
+		t.Errorf("the skipped key was logged %d times over 3 rereads of an unchanged file, want once:\n%s", got, logs.String())
 	}
 }
