@@ -179,7 +179,7 @@ func (r *Relay) Handle(ctx context.Context, ev listen.Event) error {
 	}
 }
 
-// dropStale forgets pending events of a transaction other than xact. They
+// dropStale drops pending events of a transaction other than xact. They
 // came from a notification sent again after its transaction had committed;
 // had they been real, their commit would read them from the table anyway.
 func (r *Relay) dropStale(xact int64) {

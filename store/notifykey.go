@@ -38,7 +38,7 @@ func (s *Store) LoadNotifyKey(ctx context.Context) (*NotifyKey, error) {
 		return nil, fmt.Errorf("read the notification key from realtime.notify_key (the sidecar's role must own the realtime schema): %w", err)
 	}
 	if len(key) == 0 {
-		return nil, errors.New("read the notification key: realtime.notify_key holds an empty key")
+		return nil, errors.New("read the notification key: realtime.notify_key contains an empty key, which only a change by hand can cause: store 32 random bytes in it")
 	}
 	return NewNotifyKey(key), nil
 }

@@ -208,7 +208,7 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func TestCommandLineSubStopsOnRefusedToken(t *testing.T) {
+func TestCommandLineSubStopsOnRejectedToken(t *testing.T) {
 	db := pgtest.NewDatabase(t)
 	sc := startSidecar(t, db)
 
@@ -225,9 +225,9 @@ func TestCommandLineSubStopsOnRefusedToken(t *testing.T) {
 	case <-time.After(waitLong):
 		_ = cmd.Process.Kill()
 		<-done
-		t.Fatalf("sidecar sub with a refused token still runs after %s, want it to stop:\n%s", waitLong, out)
+		t.Fatalf("sidecar sub with a rejected token still runs after %s, want it to stop:\n%s", waitLong, out)
 	}
-	if err == nil || !strings.Contains(string(out), "refused the token") || !strings.Contains(string(out), "--token") {
-		t.Fatalf("sidecar sub with a refused token = %v:\n%s\nwant a failure that says the token was refused and how to give another", err, out)
+	if err == nil || !strings.Contains(string(out), "rejected the token") || !strings.Contains(string(out), "--token") {
+		t.Fatalf("sidecar sub with a rejected token = %v:\n%s\nwant a failure that says the token was rejected and how to give another", err, out)
 	}
 }

@@ -231,7 +231,7 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 	// goroutine, so the writes are serialized.
 	notices := &lockedWriter{w: stderr}
 	var connected atomic.Bool
-	// A refused token stays refused: retrying it would loop for ever.
+	// A rejected token stays rejected, so retrying it would loop for ever.
 	ctx, stop := context.WithCancelCause(ctx)
 	defer stop(nil)
 	c := client.Connect(ctx, url, client.ReconnectOptions{
@@ -245,7 +245,7 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 			case client.Disconnected:
 				var hs *client.HandshakeError
 				if errors.As(s.Err, &hs) && hs.StatusCode == http.StatusUnauthorized {
-					stop(fmt.Errorf("the sidecar refused the token: %w: give a current token with --token or SIDECAR_TOKEN (sidecar dev prints a new one at each start)", s.Err))
+					stop(fmt.Errorf("the sidecar rejected the token: %w: give a current token with --token or SIDECAR_TOKEN (sidecar dev prints a new one at each start)", s.Err))
 					return
 				}
 				fmt.Fprintf(notices, "disconnected from %s: %v; reconnecting in %s\n", url, s.Err, s.Retry.Round(time.Millisecond))
@@ -253,7 +253,7 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 		},
 	})
 	defer c.Close()
-	refused := func() error {
+	rejected := func() error {
 		if cause := context.Cause(ctx); cause != nil && !errors.Is(cause, context.Canceled) {
 			return cause
 		}
@@ -265,7 +265,7 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 		opts = append(opts, client.WithSince(since))
 	}
 	stream, err := c.Subscribe(ctx, f.fs.Args(), opts...)
-	if err := refused(); err != nil {
+	if err := rejected(); err != nil {
 		return err
 	}
 	var rpcErr *client.RPCError
@@ -281,7 +281,7 @@ func runSub(ctx context.Context, args []string, getenv func(string) string, stdo
 	fmt.Fprintf(notices, "subscribed to %s (epoch %s); Ctrl-C to stop\n", strings.Join(f.fs.Args(), " "), stream.Epoch())
 
 	err = printEvents(ctx, stream, stdout, notices)
-	if rerr := refused(); rerr != nil {
+	if rerr := rejected(); rerr != nil {
 		return rerr
 	}
 	return err

@@ -39,7 +39,7 @@ export interface SidecarClientOptions {
    * Builds the EventSource's second constructor argument from the request
    * headers the client wants to send (Last-Event-ID when it reopens a
    * stream). Give it only when the EventSource can send headers, such as
-   * the `eventsource` package with a custom fetch; otherwise a reopened
+   * the `eventsource` package with a custom fetch. Without it, a reopened
    * stream resumes with the since parameter.
    */
   eventSourceInit?: (headers: Record<string, string>) => any;
@@ -153,16 +153,20 @@ export declare class SidecarClient {
   /** Calls app.<name> on the application; rejects with a SidecarError. */
   call<R = unknown>(method: string, params?: unknown, options?: { timeout?: number }): Promise<R>;
 
-  /** Answers the application's calls of method name to this client. Returns a function that removes the handler. */
+  /**
+   * Registers handler for the application's calls of method name to this
+   * client. Returns a function that removes the handler. Throws in sse mode.
+   */
   expose(name: string, handler: (params: any) => unknown | Promise<unknown>): () => void;
 
   /** Closes the connection and every stream for good. */
   close(): void;
 }
 
-/** Reconnect delay for an attempt (0 first): full jitter, at most initialMs after 1012. */
-/** How long to wait before refreshing a token that expires in remainingMs. */
+/** Returns how long to wait before refreshing a token that expires in remainingMs. */
 export declare function refreshDelay(remainingMs: number): number;
+
+/** Returns the reconnect delay for an attempt (0 first): full jitter, at most initialMs after 1012. */
 export declare function reconnectDelay(backoff: Required<BackoffOptions>, attempt: number, code?: number): number;
 
 /** Derives the event stream URL from the websocket URL. */
