@@ -15,8 +15,9 @@ import (
 const writeBufKeepCap = 64 << 10
 
 // Client is one registered connection: its subscriptions, its outbound
-// queue and the writer goroutine that drains the queue into its Sink. All
-// methods are safe for concurrent use.
+// queue and the writer that drains the queue into its Sink. The writer is a
+// goroutine that runs only while the queue has messages, so an idle client
+// holds no goroutine of the hub. All methods are safe for concurrent use.
 type Client struct {
 	hub  *Hub
 	sink Sink
@@ -27,20 +28,25 @@ type Client struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	wake       chan struct{} // capacity 1, signalled when the queue stops being empty
-	stop       chan struct{} // closed when the client starts closing
-	writerDone chan struct{} // closed when the writer goroutine returns
-	done       chan struct{} // closed when the sink is closed and the writer has returned
+	writers sync.WaitGroup // the running writer goroutine, if any
+	done    chan struct{}  // closed when the sink is closed and the writer has returned
 
 	// writeStart is hub.now() when the current Sink.Write began, or 0
-	// between writes. writeTimer reads it to tell a blocked write from one
-	// that ended just as the timer fired.
+	// between writes; lastWrite is hub.now() when the last write ended.
+	// The write-timeout and heartbeat timers read them, so that a write
+	// costs two atomic stores instead of a timer reset.
 	writeStart atomic.Int64
-	writeTimer *time.Timer // owned by the writer goroutine
-	buf        []byte      // owned by the writer goroutine
+	lastWrite  atomic.Int64
+	// writeTimerArmed is true while writeTimer is pending or running. Only
+	// the party that sets it from false to true resets the timer.
+	writeTimerArmed atomic.Bool
+	writeTimer      *time.Timer
+	heartbeatTimer  *time.Timer // nil without heartbeats
+	buf             []byte      // owned by the running writer
 
 	mu        sync.Mutex
 	closed    bool
+	writing   bool // a writer goroutine is running
 	queue     ring
 	queued    int // bytes in queue
 	heldBytes int // bytes held for subscriptions that have not started
@@ -55,18 +61,32 @@ type Client struct {
 
 func newClient(h *Hub, sink Sink, log *slog.Logger) *Client {
 	ctx, cancel := context.WithCancel(context.Background())
-	return &Client{
-		hub:        h,
-		sink:       sink,
-		log:        log,
-		ctx:        ctx,
-		cancel:     cancel,
-		wake:       make(chan struct{}, 1),
-		stop:       make(chan struct{}),
-		writerDone: make(chan struct{}),
-		done:       make(chan struct{}),
-		subs:       make(map[string]*Subscription),
+	c := &Client{
+		hub:    h,
+		sink:   sink,
+		log:    log,
+		ctx:    ctx,
+		cancel: cancel,
+		done:   make(chan struct{}),
+		subs:   make(map[string]*Subscription),
 	}
+	c.lastWrite.Store(h.now())
+
+	// Each timer is stored before it is armed, because its function reads
+	// the field.
+	c.writeTimer = stoppedTimer(c.checkWriteTimeout)
+	if h.cfg.Heartbeat > 0 {
+		c.heartbeatTimer = stoppedTimer(c.beat)
+		c.heartbeatTimer.Reset(h.cfg.Heartbeat)
+	}
+	return c
+}
+
+// stoppedTimer returns a timer that calls f once it is reset.
+func stoppedTimer(f func()) *time.Timer {
+	t := time.AfterFunc(time.Hour, f)
+	t.Stop()
+	return t
 }
 
 // Send queues msg, one complete message such as an RPC response, behind the
@@ -122,11 +142,10 @@ func (c *Client) enqueueLocked(it item) {
 		c.overSince = time.Now()
 		c.armGraceLocked(cfg.SlowGrace)
 	}
-	if wasEmpty {
-		select {
-		case c.wake <- struct{}{}:
-		default:
-		}
+	if wasEmpty && !c.writing {
+		c.writing = true
+		c.writers.Add(1)
+		go c.drain()
 	}
 }
 
@@ -170,12 +189,25 @@ func (c *Client) checkGrace() {
 	c.armGraceLocked(grace - over)
 }
 
-// checkWriteTimeout closes the client if the current write has lasted
-// WriteTimeout. It runs on writeTimer.
+// checkWriteTimeout runs on writeTimer. It closes the client if the
+// current write has lasted WriteTimeout, rearms the timer for the rest of
+// the timeout if a write is in progress, and otherwise disarms it.
 func (c *Client) checkWriteTimeout() {
-	start := c.writeStart.Load()
 	timeout := c.hub.cfg.WriteTimeout
-	if start == 0 || time.Duration(c.hub.now()-start) < timeout {
+	start := c.writeStart.Load()
+	if start == 0 {
+		c.writeTimerArmed.Store(false)
+		// A write that began after the Load saw the timer armed and left
+		// it to this call.
+		if c.writeStart.Load() != 0 && c.writeTimerArmed.CompareAndSwap(false, true) {
+			c.writeTimer.Reset(timeout)
+		}
+		return
+	}
+
+	elapsed := time.Duration(c.hub.now() - start)
+	if elapsed < timeout {
+		c.writeTimer.Reset(timeout - elapsed)
 		return
 	}
 
@@ -183,6 +215,29 @@ func (c *Client) checkWriteTimeout() {
 	defer c.mu.Unlock()
 
 	c.closeSlowLocked(fmt.Sprintf("write blocked for %s", timeout))
+}
+
+// beat runs on heartbeatTimer. It queues HeartbeatMsg when nothing has
+// been written or queued for Heartbeat, and rearms the timer for the next
+// moment a heartbeat could be due.
+func (c *Client) beat() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	if c.closed {
+		return
+	}
+	every := c.hub.cfg.Heartbeat
+	if c.queue.len() > 0 || c.writeStart.Load() != 0 {
+		c.heartbeatTimer.Reset(every)
+		return
+	}
+	if idle := time.Duration(c.hub.now() - c.lastWrite.Load()); idle < every {
+		c.heartbeatTimer.Reset(every - idle)
+		return
+	}
+	c.enqueueLocked(item{msg: c.hub.cfg.HeartbeatMsg})
+	c.heartbeatTimer.Reset(every)
 }
 
 func (c *Client) closeSlowLocked(cause string) {
@@ -235,7 +290,9 @@ func (c *Client) closeLocked(req closeRequest) {
 	if c.graceTimer != nil {
 		c.graceTimer.Stop()
 	}
-	close(c.stop)
+	if c.heartbeatTimer != nil {
+		c.heartbeatTimer.Stop()
+	}
 	go c.finish(req)
 }
 
@@ -258,7 +315,8 @@ func (c *Client) finish(req closeRequest) {
 	}
 	c.cancel()
 
-	<-c.writerDone
+	c.writers.Wait()
+	c.writeTimer.Stop()
 	c.hub.forget(c)
 	close(c.done)
 }
@@ -285,92 +343,71 @@ func (c *Client) waitOrDrop(ctx context.Context) bool {
 	return true
 }
 
-// writeLoop is the client's writer goroutine. It writes queued messages in
-// order, and a heartbeat when nothing was written for Config.Heartbeat,
-// until the client closes or a write fails.
-func (c *Client) writeLoop() {
-	defer close(c.writerDone)
-
-	cfg := &c.hub.cfg
-	c.writeTimer = time.AfterFunc(cfg.WriteTimeout, c.checkWriteTimeout)
-	c.writeTimer.Stop()
-	defer c.writeTimer.Stop()
-
-	var heartbeat <-chan time.Time
-	var heartbeatTimer *time.Timer
-	if cfg.Heartbeat > 0 {
-		heartbeatTimer = time.NewTimer(cfg.Heartbeat)
-		defer heartbeatTimer.Stop()
-		heartbeat = heartbeatTimer.C
-	}
+// drain is the client's writer goroutine. It writes queued messages in
+// order until the queue is empty, the client closes or a write fails.
+// enqueueLocked starts it when a message arrives and none is running.
+func (c *Client) drain() {
+	defer c.writers.Done()
 
 	for {
-		msg, ok, stopped := c.next()
-		if stopped {
+		msg, ok := c.next()
+		if !ok {
 			return
 		}
-		if !ok {
-			select {
-			case <-c.wake:
-				continue
-			case <-c.stop:
-				return
-			case <-heartbeat:
-				msg = cfg.HeartbeatMsg
-			}
-		}
-
 		if err := c.write(msg); err != nil {
 			c.writeFailed(err)
 			return
 		}
-		if heartbeatTimer != nil {
-			heartbeatTimer.Reset(cfg.Heartbeat)
-		}
 	}
 }
 
-// next pops the next message. ok is false when the queue is empty, stopped
-// is true once the client is closing. The returned slice is valid until the
-// next call.
-func (c *Client) next() (msg []byte, ok, stopped bool) {
+// next pops the next message. When the queue is empty or the client is
+// closing, it returns false, and a writer that gets false must return at
+// once: another may already have started. The returned slice is valid
+// until the next call.
+func (c *Client) next() (msg []byte, ok bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, false, true
+		return nil, false
 	}
 	it, ok := c.queue.pop()
-	if ok {
-		c.queued -= it.size()
-		if c.queued <= c.hub.cfg.QueueBytes {
-			c.overSince = time.Time{}
+	if !ok {
+		c.writing = false
+		if cap(c.buf) > writeBufKeepCap {
+			c.buf = nil
 		}
+		c.mu.Unlock()
+		return nil, false
+	}
+	c.queued -= it.size()
+	if c.queued <= c.hub.cfg.QueueBytes {
+		c.overSince = time.Time{}
 	}
 	c.mu.Unlock()
 
-	if !ok {
-		return nil, false, false
-	}
 	if it.sub == "" {
-		return it.msg, true, false
-	}
-	if cap(c.buf) > writeBufKeepCap {
-		c.buf = nil
+		return it.msg, true
 	}
 	c.buf = it.appendTo(c.buf[:0])
-	return c.buf, true, false
+	return c.buf, true
 }
 
-// write writes msg with writeTimer armed. The timer closes the client
-// instead of cancelling the write, so the close frame can still go out.
+// write writes msg. writeTimer closes the client if the write blocks for
+// WriteTimeout: it is armed by the first write after it last found no
+// write in progress, and rearms itself while writes go on, so a write does
+// not touch it otherwise. The timer closes the client instead of
+// cancelling the write, so the close frame can still go out.
 func (c *Client) write(msg []byte) error {
 	c.writeStart.Store(c.hub.now())
-	c.writeTimer.Reset(c.hub.cfg.WriteTimeout)
+	if c.writeTimerArmed.CompareAndSwap(false, true) {
+		c.writeTimer.Reset(c.hub.cfg.WriteTimeout)
+	}
 
 	err := c.sink.Write(c.ctx, msg)
 
+	c.lastWrite.Store(c.hub.now())
 	c.writeStart.Store(0)
-	c.writeTimer.Stop()
 	return err
 }
 

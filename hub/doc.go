@@ -7,8 +7,11 @@
 // reference to that encoding on every client with a matching subscription.
 // Publish never waits for a client's connection.
 //
-// Each registered Client owns one writer goroutine, the only caller of its
-// Sink's Write. The writer drains a queue that is counted in bytes. A client
+// Each registered Client has at most one writer goroutine, the only caller
+// of its Sink's Write. The writer runs while the client's queue, counted in
+// bytes, has messages, and ends when it is empty, so idle clients cost no
+// goroutine. Heartbeats and the write timeout run on timers that a write
+// does not reset: it only stores two timestamps. A client
 // whose queue stays above Config.QueueBytes for longer than
 // Config.SlowGrace, whose queue grows past Config.MaxQueueBytes, or whose
 // single write blocks longer than Config.WriteTimeout is closed with

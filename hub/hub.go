@@ -108,8 +108,9 @@ func (cfg Config) withDefaults() Config {
 }
 
 // Hub routes published events to the subscriptions of registered clients.
-// All methods are safe for concurrent use. The Hub owns one writer
-// goroutine per client, and Shutdown waits for all of them.
+// All methods are safe for concurrent use. Each client has a writer
+// goroutine while it has messages to write, and Shutdown waits for all of
+// them.
 type Hub struct {
 	cfg Config
 	log *slog.Logger
@@ -273,8 +274,8 @@ func (h *Hub) Publish(ev Event) {
 	h.duplicates.Add(duplicates)
 }
 
-// Register adds a client that writes to sink and starts its writer
-// goroutine. The Client owns the goroutine until Close. attrs are added to
+// Register adds a client that writes to sink. The Client starts a writer
+// goroutine whenever messages wait for it, and owns it until Close. attrs are added to
 // every log line about the client, such as its id and subject. After
 // Shutdown has begun, Register returns a client that is already closing
 // with the shutdown's code.
@@ -290,7 +291,6 @@ func (h *Hub) Register(sink Sink, attrs ...slog.Attr) *Client {
 	closing, code, reason := h.closing, h.closeCode, h.closeReason
 	h.mu.Unlock()
 
-	go c.writeLoop()
 	if closing {
 		c.Close(code, reason)
 	}

@@ -330,8 +330,11 @@ type wsSink struct {
 	conn *websocket.Conn
 }
 
-func (w *wsSink) Write(ctx context.Context, msg []byte) error {
-	return w.conn.Write(ctx, websocket.MessageText, msg)
+// Write ignores ctx: the hub cancels it only after Close or CloseNow, which
+// end a blocked write anyway, and a context that can be cancelled costs the
+// websocket library a callback registration on every write.
+func (w *wsSink) Write(_ context.Context, msg []byte) error {
+	return w.conn.Write(context.Background(), websocket.MessageText, msg)
 }
 
 func (w *wsSink) Close(code int, reason string) error {

@@ -61,6 +61,10 @@ type config struct {
 	// latency or delivery figure.
 	SlowSubscribers int
 
+	// CPUProfile is the file for a CPU profile of the benchmark process
+	// itself during the runs, or empty.
+	CPUProfile string
+
 	// Throughput scenario.
 	Writers  int
 	Duration time.Duration
@@ -70,6 +74,9 @@ type config struct {
 	// whose memory use the scenario reads from /proc.
 	Connections int
 	SidecarPID  int
+	// IdleHold keeps the idle connections open this long after the
+	// memory reading, so that the sidecar can be inspected meanwhile.
+	IdleHold time.Duration
 }
 
 // Defaults of the scenario-specific subscriber counts.
@@ -114,6 +121,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 
 	fs.StringVar(&cfg.Scenario, "scenario", scenarioLatency, "scenario to run: latency, throughput or idle")
 	fs.IntVar(&cfg.Runs, "runs", 3, "how many times to repeat the scenario")
+	fs.StringVar(&cfg.CPUProfile, "cpuprofile", "", "write a CPU profile of the load generator during the runs to this file")
 	fs.BoolVar(&cfg.JSON, "json", false, "print the results as JSON on stdout instead of a table")
 	fs.DurationVar(&cfg.Timeout, "timeout", 5*time.Minute, "limit for the whole invocation, set-up included")
 
@@ -142,6 +150,7 @@ func parseConfig(args []string, getenv func(string) string, stderr io.Writer) (c
 	fs.IntVar(&cfg.Batch, "batch", 1, "throughput: events per transaction")
 
 	fs.IntVar(&cfg.Connections, "connections", 10_000, "idle: websocket connections to open and hold, each with a subscription to a topic of its own")
+	fs.DurationVar(&cfg.IdleHold, "idle-hold", 0, "idle: keep the connections open this long after the memory reading, to profile the sidecar meanwhile (at most 10m)")
 	fs.IntVar(&cfg.SidecarPID, "sidecar-pid", 0, "idle: process id of the running sidecar named by --ws-url, to read its memory use; without it memory is reported as unknown")
 
 	if err := fs.Parse(args); err != nil {
@@ -245,6 +254,7 @@ func (cfg *config) validate() error {
 	check(cfg.SlowSubscribers == 0 || cfg.Scenario == scenarioLatency, "--slow-subscribers is set, but only the latency scenario has slow subscribers")
 	check(cfg.Writers >= 1 && cfg.Writers <= maxWriters, "--writers %d: use 1 to %d", cfg.Writers, maxWriters)
 	check(cfg.Duration > 0 && cfg.Duration <= maxDuration, "--duration %s: use a positive duration up to %s", cfg.Duration, maxDuration)
+	check(cfg.IdleHold >= 0 && cfg.IdleHold <= maxDuration, "--idle-hold %s: use a duration from 0 to %s", cfg.IdleHold, maxDuration)
 	check(cfg.Batch >= 1 && cfg.Batch <= maxBatch, "--batch %d: use 1 to %d", cfg.Batch, maxBatch)
 	check(cfg.Connections >= 1 && cfg.Connections <= maxConnections, "--connections %d: use 1 to %d", cfg.Connections, maxConnections)
 	check(cfg.SidecarPID >= 0, "--sidecar-pid %d: must be a process id", cfg.SidecarPID)

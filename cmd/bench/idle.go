@@ -112,6 +112,14 @@ func runIdle(ctx context.Context, cfg config, t *target, run int) (idleRun, erro
 		x.RSSBeforeKiB, x.RSSAfterKiB, x.KiBPerConnection = before, after, &perConn
 	}
 
+	if cfg.IdleHold > 0 {
+		select {
+		case <-time.After(cfg.IdleHold):
+		case <-ctx.Done():
+			return idleRun{}, fmt.Errorf("hold the connections for %s: %w", cfg.IdleHold, ctx.Err())
+		}
+	}
+
 	start = time.Now()
 	closeIdle(conns)
 	x.CloseSeconds = round3(time.Since(start).Seconds())

@@ -12,6 +12,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 )
@@ -77,6 +78,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 
+	if cfg.CPUProfile != "" {
+		stopProfile, err := startCPUProfile(cfg.CPUProfile)
+		if err != nil {
+			return err
+		}
+		defer stopProfile()
+	}
+
 	rep := newReport(cfg, args, t.Setup)
 	if cfg.Scenario == scenarioIdle {
 		rep.Parameters["open_files_limit"] = fileLimit
@@ -128,4 +137,21 @@ func runScenario(ctx context.Context, cfg config, t *target, run int, rep *repor
 		rep.idleRuns = append(rep.idleRuns, x)
 	}
 	return nil
+}
+
+// startCPUProfile starts profiling this process into path. The returned
+// function stops the profile and closes the file.
+func startCPUProfile(path string) (func(), error) {
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("--cpuprofile: %w", err)
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }

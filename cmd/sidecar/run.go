@@ -104,6 +104,9 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	cfg.Version = version
 	f := newEnvFlags("sidecar serve")
 	format, level := serverFlags(f, &cfg)
+	var debugAddr string
+	f.fs.StringVar(&debugAddr, "debug-addr", "", "serve Go's profiling endpoints (/debug/pprof/) on this address, such as 127.0.0.1:6060; empty disables them")
+	f.bind("debug-addr", "SIDECAR_DEBUG_ADDR")
 	if err := parseFlags(f, args, getenv, stderr); err != nil {
 		return err
 	}
@@ -113,6 +116,12 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 		return err
 	}
 	cfg.Logger = logger
+
+	if debugAddr != "" {
+		if err := serveDebug(ctx, debugAddr, logger.With("component", "debug")); err != nil {
+			return err
+		}
+	}
 
 	srv, err := server.New(cfg)
 	if err != nil {
