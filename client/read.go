@@ -3,11 +3,27 @@ package client
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"strconv"
 	"time"
 
 	"github.com/coder/websocket"
+	jsonv2 "github.com/go-json-experiment/json"
+
+	"github.com/pgsidecar/sidecar/rpc"
 )
+
+// unmarshal decodes a message from the sidecar into v, a pointer. It tries
+// the one-pass decoder first, which reads an event about three times as
+// fast as encoding/json, and lets encoding/json decide anything the fast
+// one refuses, from a zeroed v, so both accept the same messages.
+func unmarshal(b []byte, v any) error {
+	if jsonv2.Unmarshal(b, v, rpc.DecodeOptions) == nil {
+		return nil
+	}
+	reflect.ValueOf(v).Elem().SetZero()
+	return json.Unmarshal(b, v)
+}
 
 // inbound contains the members of one message from the sidecar. A member that
 // is present, even as null, decodes to a non-nil RawMessage.
@@ -44,7 +60,7 @@ func (c *Conn) readLoop() {
 // Events channel is full.
 func (c *Conn) dispatch(msg []byte) {
 	var m inbound
-	if err := json.Unmarshal(msg, &m); err != nil {
+	if err := unmarshal(msg, &m); err != nil {
 		c.log.Warn("ignored a message from the sidecar that is not a JSON-RPC object", "error", err)
 		return
 	}

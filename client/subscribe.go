@@ -270,7 +270,7 @@ func (c *Conn) routeEvent(params json.RawMessage) {
 		TS           string          `json:"ts"`
 		Subscription string          `json:"subscription"`
 	}
-	if err := json.Unmarshal(params, &p); err != nil {
+	if err := unmarshal(params, &p); err != nil {
 		c.log.Warn("dropped an event notification with invalid params", "error", err)
 		return
 	}

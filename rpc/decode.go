@@ -4,6 +4,9 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+
+	jsonv2 "github.com/go-json-experiment/json"
+	"github.com/go-json-experiment/json/jsontext"
 )
 
 // Kind is the kind of a decoded Message.
@@ -70,6 +73,27 @@ type envelope struct {
 	Error   json.RawMessage `json:"error"`
 }
 
+// DecodeOptions make github.com/go-json-experiment/json accept what
+// encoding/json accepts: member names in any case, repeated members (the
+// last one wins) and invalid UTF-8 inside strings. With them, decoding a
+// message validates it in one pass, where encoding/json scans it twice and
+// every raw member once more.
+var DecodeOptions = jsonv2.JoinOptions(
+	jsonv2.MatchCaseInsensitiveNames(true),
+	jsontext.AllowDuplicateNames(true),
+	jsontext.AllowInvalidUTF8(true),
+)
+
+// unmarshalEnvelope decodes an object into env. It reports false for
+// anything it does not decode, and the caller then falls back to
+// encoding/json, which decides the outcome and words the error.
+func unmarshalEnvelope(b []byte, env *envelope) bool {
+	if firstByte(b) != '{' {
+		return false
+	}
+	return jsonv2.Unmarshal(b, env, DecodeOptions) == nil
+}
+
 var version = []byte(`"2.0"`)
 
 // Decode classifies one websocket message.
@@ -91,9 +115,18 @@ var version = []byte(`"2.0"`)
 // counts as absent. Member names match case-insensitively, as in
 // encoding/json.
 func Decode(b []byte) (Message, *Error) {
+	return decode(b, true)
+}
+
+// decode is Decode. With fast false it decodes with encoding/json alone,
+// which the tests compare the fast path against.
+func decode(b []byte, fast bool) (Message, *Error) {
 	var env envelope
-	if err := json.Unmarshal(b, &env); err != nil {
-		return Message{}, decodeError(b, err)
+	if !fast || !unmarshalEnvelope(b, &env) {
+		env = envelope{}
+		if err := json.Unmarshal(b, &env); err != nil {
+			return Message{}, decodeError(b, err)
+		}
 	}
 
 	// Unmarshal accepts a top-level null into a struct, so the first byte

@@ -3,6 +3,7 @@ package rpc
 import (
 	"bytes"
 	"encoding/json"
+	"reflect"
 	"regexp"
 	"testing"
 	"unicode/utf8"
@@ -35,6 +36,12 @@ func FuzzDecode(f *testing.F) {
 		`{"jsonrpc":"2.0","id":7,"error":{"code":99999999999999999999,"message":"m"}}`,
 		`{"jsonrpc":"2.0","id":7,"error":{"code":1,"message":"m","data": { "a" : [ 1 , 2 ] } }}`,
 		`{"jsonrpc":"2.0","method":"publish","params":{"topic":"chat.1","data":` + nested(200) + `}}`,
+		"{\"j\u017fonrpc\":\"2.0\",\"method\":\"p\",\"param\u017f\":{}}",
+		`{"jsonrpc":"2.0","method":"p","par\u0061ms":{},"PaRaMs":[1]}`,
+		`{"jsonrpc":"2.0","method":"p","params":1} {"x":1}`,
+		`{"jsonrpc":"2.0","method":"p","params":1}x`,
+		`{"jsonrpc":"2.0","method":"p","params":{"a":1,"a":2}}`,
+		`{"jsonrpc":"2.0","method":"p","params":"\ud800\udc00"}`,
 		`null`,
 		`"2.0"`,
 		``,
@@ -47,6 +54,10 @@ func FuzzDecode(f *testing.F) {
 
 	f.Fuzz(func(t *testing.T, in []byte) {
 		msg, rpcErr := Decode(in)
+		slowMsg, slowErr := decode(in, false)
+		if !reflect.DeepEqual(msg, slowMsg) || !reflect.DeepEqual(rpcErr, slowErr) {
+			t.Fatalf("Decode(%q) = %+v, %v; with encoding/json alone: %+v, %v", in, msg, rpcErr, slowMsg, slowErr)
+		}
 		if rpcErr != nil {
 			checkDecodeError(t, in, msg, rpcErr)
 			return
