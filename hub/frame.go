@@ -154,7 +154,9 @@ func (r *ring) pop() (item, bool) {
 }
 
 func (r *ring) grow() {
-	size := max(16, 2*len(r.buf))
+	// Start small: most clients never have more than a few messages
+	// queued, and the ring is kept while the client is idle.
+	size := max(4, 2*len(r.buf))
 	buf := make([]item, size)
 	for i := range r.n {
 		buf[i] = r.buf[(r.head+i)&(len(r.buf)-1)]

@@ -74,7 +74,14 @@ type Server struct {
 
 	handler  http.Handler
 	sessions sessions // connected clients, for calls from the application
-	conns    connLimits
+	// sessionLoops counts the goroutines that run websocket sessions after
+	// their handlers have returned; drain waits for them. loopsClosed,
+	// guarded by loopsMu, is set before that wait, and no session starts
+	// after it.
+	sessionLoops sync.WaitGroup
+	loopsMu      sync.Mutex
+	loopsClosed  bool
+	conns        connLimits
 }
 
 // New checks cfg and builds a server. It connects to nothing yet: Run does.
@@ -513,6 +520,19 @@ func (s *Server) drain(httpServer *http.Server) {
 	// /readyz reports 503 and new websockets are refused with 503.
 	if err := s.hub.Shutdown(ctx, int(closeDraining), "sidecar restarting: reconnect"); err != nil {
 		s.log.Warn("websockets still open at the drain deadline were dropped", "err", err)
+	}
+	s.loopsMu.Lock()
+	s.loopsClosed = true
+	s.loopsMu.Unlock()
+	loopsDone := make(chan struct{})
+	go func() {
+		s.sessionLoops.Wait()
+		close(loopsDone)
+	}()
+	select {
+	case <-loopsDone:
+	case <-ctx.Done():
+		s.log.Warn("websocket sessions still finishing at the drain deadline")
 	}
 	if err := httpServer.Shutdown(ctx); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		s.log.Warn("http shutdown did not finish in time", "err", err)

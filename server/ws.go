@@ -1,11 +1,16 @@
 package server
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"errors"
+	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
@@ -30,9 +35,11 @@ const (
 	closeTooSlow     = websocket.StatusTryAgainLater           // 1013
 )
 
-// session is one websocket connection. Its read loop runs on the goroutine
-// that accepted it; requests that wait on Postgres run on goroutines of
-// their own, at most Config.MaxInFlight at a time.
+// session is one websocket connection. Its read loop runs on a goroutine
+// of its own, started once the connection is upgraded, so that the HTTP
+// handler's goroutine, with the stack it grew during the handshake, and the
+// request's objects are released; requests that wait on Postgres run on
+// goroutines of their own, at most Config.MaxInFlight at a time.
 type session struct {
 	srv    *Server
 	conn   *websocket.Conn
@@ -89,14 +96,13 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	if !s.acquireConnection(w, subject, "websocket") {
 		return
 	}
-	counted := subject
-	defer func() { s.conns.release(counted) }()
 
 	// The origin was checked above, with the same rules as the library's
 	// own check and an error that names the setting.
-	conn, err := websocket.Accept(w, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
+	conn, err := websocket.Accept(smallReadBuffer{w}, r, &websocket.AcceptOptions{InsecureSkipVerify: true})
 	if err != nil {
 		// Accept has written the HTTP error response.
+		s.conns.release(subject)
 		s.log.Info("websocket upgrade failed", "remote", r.RemoteAddr, "err", err)
 		return
 	}
@@ -109,7 +115,22 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		// The expiry timer is armed once the hub client exists.
 		sess.claims.Store(claims)
 	}
-	s.runSession(sess)
+
+	// The connection is hijacked, so it outlives the handler.
+	s.loopsMu.Lock()
+	started := !s.loopsClosed
+	if started {
+		s.sessionLoops.Go(func() {
+			defer s.conns.release(subject)
+			s.runSession(sess)
+		})
+	}
+	s.loopsMu.Unlock()
+
+	if !started {
+		s.conns.release(subject)
+		_ = conn.Close(closeDraining, "sidecar restarting: reconnect")
+	}
 }
 
 func (s *Server) runSession(sess *session) {
@@ -323,6 +344,43 @@ func closedChan() chan struct{} {
 	c := make(chan struct{})
 	close(c)
 	return c
+}
+
+// wsReadBufferSize is the read buffer of an upgraded connection. Client
+// messages are small, so a buffer of net/http's 4 KiB mostly sits idle
+// beside each connection; a larger message costs a few more reads.
+const wsReadBufferSize = 512
+
+// smallReadBuffer hands the websocket library a read buffer of
+// wsReadBufferSize when it hijacks the connection, instead of net/http's.
+// It keeps net/http's write buffer, so that each message is still one
+// write to the socket.
+type smallReadBuffer struct {
+	http.ResponseWriter
+}
+
+func (w smallReadBuffer) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(w.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+
+	// Bytes that the client sent after its request are already in
+	// net/http's buffer; the new buffer starts with them.
+	n := brw.Reader.Buffered()
+	if n > wsReadBufferSize {
+		return conn, brw, nil
+	}
+	early, _ := brw.Reader.Peek(n)
+	early = bytes.Clone(early)
+	r := bufio.NewReaderSize(io.MultiReader(bytes.NewReader(early), conn), wsReadBufferSize)
+	if n > 0 {
+		if _, err := r.Peek(n); err != nil {
+			conn.Close()
+			return nil, nil, fmt.Errorf("move buffered bytes: %w", err)
+		}
+	}
+	return conn, bufio.NewReadWriter(r, brw.Writer), nil
 }
 
 // wsSink adapts a websocket connection to the hub.

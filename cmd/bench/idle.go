@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"strconv"
 	"strings"
@@ -58,6 +60,14 @@ type idleRun struct {
 	RSSBeforeKiB     *int64   `json:"rss_before_kib"`
 	RSSAfterKiB      *int64   `json:"rss_after_kib"`
 	KiBPerConnection *float64 `json:"kib_per_connection"`
+
+	// GoKiBPerConnection is the growth of the sidecar's Go heap in use
+	// plus goroutine stacks, each read right after a forced garbage
+	// collection, divided by Connections. It leaves out garbage that
+	// waits for collection and memory that the runtime has freed but the
+	// kernel still counts, which the RSS figure includes. It is nil unless
+	// the benchmark started the sidecar.
+	GoKiBPerConnection *float64 `json:"go_kib_per_connection"`
 }
 
 // runIdle runs the idle scenario once. When the benchmark started the
@@ -84,6 +94,10 @@ func runIdle(ctx context.Context, cfg config, t *target, run int) (idleRun, erro
 	topic := newTopic(scenarioIdle, run)
 
 	x := idleRun{Run: run, Connections: cfg.Connections}
+	goBefore, err := sidecarGoMemory(ctx, t.DebugURL)
+	if err != nil {
+		return idleRun{}, err
+	}
 	before, err := sidecarRSS(t.SidecarPID)
 	if err != nil {
 		return idleRun{}, err
@@ -110,6 +124,14 @@ func runIdle(ctx context.Context, cfg config, t *target, run int) (idleRun, erro
 		}
 		perConn := round3(float64(*after-*before) / float64(cfg.Connections))
 		x.RSSBeforeKiB, x.RSSAfterKiB, x.KiBPerConnection = before, after, &perConn
+	}
+	if goBefore != nil {
+		goAfter, err := sidecarGoMemory(ctx, t.DebugURL)
+		if err != nil {
+			return idleRun{}, err
+		}
+		perConn := round3(float64(*goAfter-*goBefore) / 1024 / float64(cfg.Connections))
+		x.GoKiBPerConnection = &perConn
 	}
 
 	if cfg.IdleHold > 0 {
@@ -169,6 +191,57 @@ func closeIdle(conns []*client.Conn) {
 		}
 	}
 	wg.Wait()
+}
+
+// sidecarGoMemory forces a garbage collection in the sidecar whose
+// profiling endpoints are at debugURL, and returns its Go heap in use plus
+// its goroutine stacks in bytes, or nil when debugURL is empty.
+func sidecarGoMemory(ctx context.Context, debugURL string) (*int64, error) {
+	if debugURL == "" {
+		return nil, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+
+	// gc=1 runs a collection before the figures are taken.
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, debugURL+"/debug/pprof/heap?gc=1&debug=1", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("read the sidecar's Go memory figures: %w", err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<20))
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("read the sidecar's Go memory figures: status %d, %v", resp.StatusCode, err)
+	}
+
+	total, err := parseGoMemory(string(body))
+	if err != nil {
+		return nil, fmt.Errorf("%s/debug/pprof/heap: %w", debugURL, err)
+	}
+	return &total, nil
+}
+
+// parseGoMemory adds the "# HeapInuse = N" and "# Stack = N / M" lines of
+// a heap profile in its text form.
+func parseGoMemory(profile string) (int64, error) {
+	var heap, stack int64 = -1, -1
+	for line := range strings.Lines(profile) {
+		if rest, ok := strings.CutPrefix(line, "# HeapInuse = "); ok {
+			heap, _ = strconv.ParseInt(strings.TrimSpace(rest), 10, 64)
+		}
+		if rest, ok := strings.CutPrefix(line, "# Stack = "); ok {
+			inuse, _, _ := strings.Cut(rest, " ")
+			stack, _ = strconv.ParseInt(strings.TrimSpace(inuse), 10, 64)
+		}
+	}
+	if heap < 0 || stack < 0 {
+		return 0, errors.New("no HeapInuse or Stack line")
+	}
+	return heap + stack, nil
 }
 
 // sidecarRSS returns the VmRSS of process pid in KiB, or nil when pid is

@@ -16,6 +16,20 @@ func (r *report) summarizeIdle() {
 	if idleMemoryKnown(r.idleRuns) {
 		r.Summary["kib_per_connection"] = spreadOf(r.idleRuns, func(x idleRun) float64 { return *x.KiBPerConnection })
 	}
+	if idleGoMemoryKnown(r.idleRuns) {
+		r.Summary["go_kib_per_connection"] = spreadOf(r.idleRuns, func(x idleRun) float64 { return *x.GoKiBPerConnection })
+	}
+}
+
+// idleGoMemoryKnown reports whether every run read the sidecar's Go
+// memory figures.
+func idleGoMemoryKnown(runs []idleRun) bool {
+	for _, x := range runs {
+		if x.GoKiBPerConnection == nil {
+			return false
+		}
+	}
+	return len(runs) > 0
 }
 
 // idleMemoryKnown reports whether every run read the sidecar's memory.
@@ -44,6 +58,11 @@ func (r *report) idleTable(tw io.Writer) {
 			column[idleRun]{"%.1f", func(x idleRun) float64 { return float64(*x.RSSAfterKiB) / 1024 }},
 			column[idleRun]{"%.2f", func(x idleRun) float64 { return *x.KiBPerConnection }},
 		)
+	}
+
+	if idleGoMemoryKnown(r.idleRuns) {
+		header += "Go heap+stacks KiB per connection\t"
+		columns = append(columns, column[idleRun]{"%.2f", func(x idleRun) float64 { return *x.GoKiBPerConnection }})
 	}
 
 	fmt.Fprintln(tw, header)

@@ -175,3 +175,15 @@ func TestRunIdleUnknownPID(t *testing.T) {
 		t.Errorf("table =\n%s\nwant a line saying that memory is unknown", table.String())
 	}
 }
+
+func TestParseGoMemory(t *testing.T) {
+	profile := "heap profile: 1: 2 [3: 4] @ heap/1048576\n# runtime.MemStats\n# Alloc = 100\n# HeapInuse = 4096\n# Stack = 2048 / 2048\n# MSpan = 10 / 20\n"
+	got, err := parseGoMemory(profile)
+	if err != nil || got != 6144 {
+		t.Errorf("parseGoMemory = %d, %v, want 6144 (heap in use plus stacks)", got, err)
+	}
+
+	if _, err := parseGoMemory("# Alloc = 100\n"); err == nil {
+		t.Error("parseGoMemory without HeapInuse and Stack: want an error")
+	}
+}

@@ -6,8 +6,11 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"runtime"
+	"slices"
+	"strconv"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -28,6 +31,9 @@ type target struct {
 	// from /proc. It is 0 when unknown: a running sidecar given without
 	// --sidecar-pid.
 	SidecarPID int
+	// DebugURL is the base URL of the profiling endpoints of a sidecar
+	// that the benchmark started, such as http://127.0.0.1:6060, or empty.
+	DebugURL string
 
 	// Setup describes the target for the report.
 	Setup setup
@@ -131,10 +137,24 @@ func (t *target) startSidecar(ctx context.Context, bin string, extraArgs []strin
 // launchSidecar starts the sidecar process and points the target's URLs
 // and SidecarPID at it.
 func (t *target) launchSidecar(ctx context.Context) error {
-	proc, base, err := startSidecar(ctx, t.sidecarBin, t.DatabaseURL, string(t.JWTSecret), t.APIKey, t.sidecarArgs, t.sidecarDir+"/sidecar.log")
+	// The profiling endpoints let the idle scenario read the Go runtime's
+	// memory figures, unless --sidecar-flag chose the address itself.
+	args, debugURL := t.sidecarArgs, ""
+	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--debug-addr") || strings.HasPrefix(a, "-debug-addr") }) {
+		port, err := freePort()
+		if err != nil {
+			return err
+		}
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
+		args = append([]string{"--debug-addr=" + addr}, args...)
+		debugURL = "http://" + addr
+	}
+
+	proc, base, err := startSidecar(ctx, t.sidecarBin, t.DatabaseURL, string(t.JWTSecret), t.APIKey, args, t.sidecarDir+"/sidecar.log")
 	if err != nil {
 		return err
 	}
+	t.DebugURL = debugURL
 	t.sidecar = proc
 	t.SidecarPID = proc.cmd.Process.Pid
 	t.HTTPURL = base
