@@ -140,7 +140,9 @@ func (t *target) launchSidecar(ctx context.Context) error {
 	// The profiling endpoints let the idle scenario read the Go runtime's
 	// memory figures, unless --sidecar-flag chose the address itself.
 	args, debugURL := t.sidecarArgs, ""
-	if !slices.ContainsFunc(args, func(a string) bool { return strings.HasPrefix(a, "--debug-addr") || strings.HasPrefix(a, "-debug-addr") }) {
+	if !slices.ContainsFunc(args, func(a string) bool {
+		return strings.HasPrefix(a, "--debug-addr") || strings.HasPrefix(a, "-debug-addr")
+	}) {
 		port, err := freePort()
 		if err != nil {
 			return err
