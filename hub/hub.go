@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -127,8 +128,13 @@ type Hub struct {
 	// Publish runs entirely before or entirely after a subscription is
 	// added. Lock order: mu, then Client.mu.
 	mu            sync.RWMutex
-	exact         map[string][]*Subscription
-	wild          []*wildGroup
+	exact map[string][]*Subscription
+	// wild holds the wildcard groups by literal prefix: the segments before
+	// the pattern's first wildcard, without the trailing dot, so "" for a
+	// pattern that starts with one. Publish looks up each prefix of the
+	// topic that ends before a dot, so the number of distinct patterns
+	// costs nothing unless they share the topic's prefix.
+	wild          map[string][]*wildGroup
 	wildByPattern map[string]*wildGroup
 	subscriptions int
 	clients       map[*Client]struct{}
@@ -153,7 +159,20 @@ type Hub struct {
 // so that Publish matches each distinct pattern once.
 type wildGroup struct {
 	pattern topic.Pattern
+	prefix  string // key in Hub.wild
 	subs    []*Subscription
+}
+
+// literalPrefix returns the segments of the wildcard pattern p before its
+// first wildcard, without the dot that follows them.
+func literalPrefix(p topic.Pattern) string {
+	s := p.String()
+	for i := 0; i < len(s); i++ {
+		if (s[i] == '*' || s[i] == '>') && (i == 0 || s[i-1] == '.') {
+			return strings.TrimSuffix(s[:i], ".")
+		}
+	}
+	return s
 }
 
 // New returns a hub with cfg's defaults filled in.
@@ -164,6 +183,7 @@ func New(cfg Config) *Hub {
 		log:           cfg.Logger,
 		epoch:         time.Now(),
 		exact:         make(map[string][]*Subscription),
+		wild:          make(map[string][]*wildGroup),
 		wildByPattern: make(map[string]*wildGroup),
 		clients:       make(map[*Client]struct{}),
 	}
@@ -260,12 +280,22 @@ func (h *Hub) Publish(ev Event) {
 	for _, s := range h.exact[ev.Topic] {
 		count(s.deliver(seq, prefix, ev.ID))
 	}
-	for _, g := range h.wild {
-		if !g.pattern.Match(ev.Topic) {
-			continue
+	matchGroups := func(groups []*wildGroup) {
+		for _, g := range groups {
+			if !g.pattern.Match(ev.Topic) {
+				continue
+			}
+			for _, s := range g.subs {
+				count(s.deliver(seq, prefix, ev.ID))
+			}
 		}
-		for _, s := range g.subs {
-			count(s.deliver(seq, prefix, ev.ID))
+	}
+	if len(h.wild) > 0 {
+		matchGroups(h.wild[""])
+		for i := 0; i < len(ev.Topic); i++ {
+			if ev.Topic[i] == '.' {
+				matchGroups(h.wild[ev.Topic[:i]])
+			}
 		}
 	}
 

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
+
+	"github.com/pgsidecar/sidecar/topic"
 )
 
 func TestPublishFanOut(t *testing.T) {
@@ -860,4 +863,59 @@ func TestConcurrentUse(t *testing.T) {
 	if got := h.Stats().Clients; got != 0 {
 		t.Errorf("Stats().Clients after Shutdown = %d, want 0", got)
 	}
+}
+
+// With many wildcard patterns in one hub, each event reaches exactly the
+// subscriptions whose pattern matches it, as Pattern.Match decides, also
+// after some of them are removed from the index.
+func TestWildcardIndexAgreesWithMatch(t *testing.T) {
+	patterns := []string{
+		">", "*", "*.>", "*.42", "orders.>", "orders.*", "orders.*.lines", "orders.42.>",
+		"orders.42.*", "orders.42.lines.>", "users.7.>", "users.*.inbox", "db.>", "db.*.users",
+		"presence.*", "a.b.c.d.>", "a.*.c.*", "a.b.*.d",
+	}
+	topics := []string{
+		"orders", "orders.42", "orders.43", "orders.42.lines", "orders.42.lines.7", "users.7",
+		"users.7.inbox", "users.8.inbox", "db.public.users", "presence.room1", "sys", "a.b.c.d",
+		"a.b.c.d.e", "a.x.c.y", "x.42",
+	}
+
+	synctest.Test(t, func(t *testing.T) {
+		h := newTestHub(t, Config{})
+		sinks := make([]*fakeSink, len(patterns))
+		subs := make([]*Subscription, len(patterns))
+		clients := make([]*Client, len(patterns))
+		for i, p := range patterns {
+			sinks[i] = newFakeSink()
+			clients[i] = h.Register(sinks[i])
+			subs[i] = subscribe(clients[i], 0, p)
+		}
+		// A second subscriber of one pattern, removed below, must not take
+		// the group with it.
+		extra := h.Register(newFakeSink())
+		extraSub := subscribe(extra, 0, "orders.42.>")
+
+		check := func(round int, removed map[int]bool) {
+			for j, tp := range topics {
+				id := int64(round*100 + j + 1)
+				h.Publish(durable(tp, id))
+				synctest.Wait()
+				for i, p := range patterns {
+					got := slices.Contains(events(t, sinks[i]), eventLine(subs[i].ID(), tp, id))
+					want := !removed[i] && topic.MustParse(p).Match(tp)
+					if got != want {
+						t.Errorf("round %d: pattern %q got %q = %v, want %v", round, p, tp, got, want)
+					}
+				}
+			}
+		}
+		check(0, nil)
+
+		removed := map[int]bool{0: true, 4: true, 9: true, 15: true}
+		for i := range removed {
+			clients[i].Unsubscribe(subs[i].ID())
+		}
+		extra.Unsubscribe(extraSub.ID())
+		check(1, removed)
+	})
 }

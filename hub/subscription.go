@@ -242,9 +242,9 @@ func (h *Hub) index(s *Subscription) {
 
 		g := h.wildByPattern[key]
 		if g == nil {
-			g = &wildGroup{pattern: p}
+			g = &wildGroup{pattern: p, prefix: literalPrefix(p)}
 			h.wildByPattern[key] = g
-			h.wild = append(h.wild, g)
+			h.wild[g.prefix] = append(h.wild[g.prefix], g)
 		}
 		g.subs = append(g.subs, s)
 	}
@@ -272,7 +272,11 @@ func (h *Hub) unindex(s *Subscription) {
 		g.subs = removeSubscription(g.subs, s)
 		if len(g.subs) == 0 {
 			delete(h.wildByPattern, key)
-			h.wild = removeGroup(h.wild, g)
+			if groups := removeGroup(h.wild[g.prefix], g); len(groups) > 0 {
+				h.wild[g.prefix] = groups
+			} else {
+				delete(h.wild, g.prefix)
+			}
 		}
 	}
 }
