@@ -94,9 +94,11 @@ func runIdle(ctx context.Context, cfg config, t *target, run int) (idleRun, erro
 	topic := newTopic(scenarioIdle, run)
 
 	x := idleRun{Run: run, Connections: cfg.Connections}
+	// A sidecar without profiling endpoints, such as an older version
+	// given with --sidecar-bin, leaves the Go memory figure out.
 	goBefore, err := sidecarGoMemory(ctx, t.DebugURL)
 	if err != nil {
-		return idleRun{}, err
+		goBefore = nil
 	}
 	before, err := sidecarRSS(t.SidecarPID)
 	if err != nil {
