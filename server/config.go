@@ -62,6 +62,17 @@ type Config struct {
 	AuthTimeout  time.Duration
 	UnreadyAfter time.Duration
 	DrainTimeout time.Duration
+	// DrainSpread is the window over which a draining server closes its
+	// websockets with 1012, each at a random moment, so that clients do
+	// not all reconnect to the other instances at once. It must be shorter
+	// than DrainTimeout.
+	DrainSpread time.Duration
+
+	// MetricsAddr, when set, serves /metrics on a listener of its own
+	// instead of the main address. MetricsToken, when set, is the bearer
+	// token that scrapes must present.
+	MetricsAddr  string
+	MetricsToken string
 
 	QueueBytes    int
 	MaxQueueBytes int
@@ -99,6 +110,7 @@ func Defaults() Config {
 		AuthTimeout:              10 * time.Second,
 		UnreadyAfter:             30 * time.Second,
 		DrainTimeout:             15 * time.Second,
+		DrainSpread:              10 * time.Second,
 		QueueBytes:               4 << 20,
 		MaxQueueBytes:            256 << 20,
 		SlowGrace:                5 * time.Second,
@@ -156,6 +168,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxQueueBytes < c.QueueBytes+c.MaxEventBytes {
 		errs = append(errs, fmt.Errorf("--client-max-queue-bytes is %d: it must be at least --client-queue-bytes plus --max-event-bytes (%d)", c.MaxQueueBytes, c.QueueBytes+c.MaxEventBytes))
+	}
+	if c.DrainSpread < 0 || c.DrainSpread >= c.DrainTimeout {
+		errs = append(errs, fmt.Errorf("--drain-spread is %s: it must be at least 0s and shorter than --drain-timeout (%s), which also bounds the closing handshakes", c.DrainSpread, c.DrainTimeout))
 	}
 	for _, d := range []struct {
 		name  string
