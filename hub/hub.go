@@ -5,8 +5,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
-	"sync"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -127,7 +127,7 @@ type Hub struct {
 	// delivers, and subscription changes hold it for writing, so that each
 	// Publish runs entirely before or entirely after a subscription is
 	// added. Lock order: mu, then Client.mu.
-	mu            sync.RWMutex
+	mu    sync.RWMutex
 	exact map[string][]*Subscription
 	// wild holds the wildcard groups by literal prefix: the segments before
 	// the pattern's first wildcard, without the trailing dot, so "" for a
