@@ -46,6 +46,7 @@ type Client struct {
 
 	mu        sync.Mutex
 	closed    bool
+	closeCode int  // the code the hub closed with, 0 for a dropped connection
 	writing   bool // a writer goroutine is running
 	queue     ring
 	queued    int // bytes in queue
@@ -114,6 +115,16 @@ func (c *Client) Close(code int, reason string) {
 	defer c.mu.Unlock()
 
 	c.closeLocked(closeRequest{code: code, reason: reason, handshake: true})
+}
+
+// ClosedWith returns the close code that the hub closed the client with,
+// through Close, as too slow or at shutdown, and false while the client is
+// open or when its connection was dropped without a close frame.
+func (c *Client) ClosedWith() (code int, ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+
+	return c.closeCode, c.closeCode != 0
 }
 
 // Done returns a channel that is closed when the writer has returned and the
@@ -276,6 +287,9 @@ func (c *Client) closeLocked(req closeRequest) {
 		return
 	}
 	c.closed = true
+	if req.handshake {
+		c.closeCode = req.code
+	}
 
 	dropped := c.queue.len()
 	c.queue.reset()
@@ -349,8 +363,9 @@ func (c *Client) waitOrDrop(ctx context.Context) bool {
 func (c *Client) drain() {
 	defer c.writers.Done()
 
+	latency := c.hub.cfg.DeliveryLatency
 	for {
-		msg, ok := c.next()
+		msg, published, ok := c.next()
 		if !ok {
 			return
 		}
@@ -358,18 +373,22 @@ func (c *Client) drain() {
 			c.writeFailed(err)
 			return
 		}
+		if latency != nil && published != 0 {
+			latency(time.Duration(time.Now().UnixNano() - published))
+		}
 	}
 }
 
-// next pops the next message. When the queue is empty or the client is
+// next pops the next message and its publish time for the latency hook.
+// When the queue is empty or the client is
 // closing, it returns false, and a writer that gets false must return at
 // once: another may already have started. The returned slice is valid
 // until the next call.
-func (c *Client) next() (msg []byte, ok bool) {
+func (c *Client) next() (msg []byte, published int64, ok bool) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
-		return nil, false
+		return nil, 0, false
 	}
 	it, ok := c.queue.pop()
 	if !ok {
@@ -378,7 +397,7 @@ func (c *Client) next() (msg []byte, ok bool) {
 			c.buf = nil
 		}
 		c.mu.Unlock()
-		return nil, false
+		return nil, 0, false
 	}
 	c.queued -= it.size()
 	if c.queued <= c.hub.cfg.QueueBytes {
@@ -387,10 +406,10 @@ func (c *Client) next() (msg []byte, ok bool) {
 	c.mu.Unlock()
 
 	if it.sub == "" {
-		return it.msg, true
+		return it.msg, 0, true
 	}
 	c.buf = it.appendTo(c.buf[:0])
-	return c.buf, true
+	return c.buf, it.published, true
 }
 
 // write writes msg. writeTimer closes the client if the write blocks for

@@ -92,6 +92,9 @@ func appendJSONString(b []byte, s string) []byte {
 type item struct {
 	msg []byte
 	sub string
+	// published is the live event's publish time in Unix nanoseconds, or
+	// zero for other messages and replayed events.
+	published int64
 }
 
 // size returns the length of the message that item stands for.

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,6 +25,9 @@ type Event struct {
 	// TS is the publish time, already formatted in UTC with microseconds
 	// ("2006-01-02T15:04:05.000000Z").
 	TS string
+	// Published is the publish time for Config.DeliveryLatency, or zero to
+	// leave the event out of it.
+	Published time.Time
 }
 
 // Close codes and reasons that the hub sends.
@@ -73,6 +77,11 @@ type Config struct {
 	// HeartbeatMsg. Zero, or an empty HeartbeatMsg, disables heartbeats.
 	Heartbeat    time.Duration
 	HeartbeatMsg []byte
+	// DeliveryLatency, when set, is called by a client's writer after each
+	// live event notification it wrote, with the time from the event's
+	// Published to the end of the write. Replayed events are left out. It
+	// must be fast and safe for concurrent use.
+	DeliveryLatency func(time.Duration)
 	// Logger receives the hub's log lines. Nil discards them.
 	Logger *slog.Logger
 }
@@ -268,6 +277,11 @@ func (h *Hub) Publish(ev Event) {
 		h.watermark.Store(ev.ID)
 	}
 
+	published := int64(0)
+	if !ev.Published.IsZero() {
+		published = ev.Published.UnixNano()
+	}
+
 	var delivered, duplicates int64
 	count := func(o outcome) {
 		switch o {
@@ -278,7 +292,7 @@ func (h *Hub) Publish(ev Event) {
 		}
 	}
 	for _, s := range h.exact[ev.Topic] {
-		count(s.deliver(seq, prefix, ev.ID))
+		count(s.deliver(seq, prefix, ev.ID, published))
 	}
 	matchGroups := func(groups []*wildGroup) {
 		for _, g := range groups {
@@ -286,7 +300,7 @@ func (h *Hub) Publish(ev Event) {
 				continue
 			}
 			for _, s := range g.subs {
-				count(s.deliver(seq, prefix, ev.ID))
+				count(s.deliver(seq, prefix, ev.ID, published))
 			}
 		}
 	}
@@ -334,24 +348,44 @@ func (h *Hub) Register(sink Sink, attrs ...slog.Attr) *Client {
 // wrapping ctx's cause. Clients registered during Shutdown are closed and
 // waited for too.
 func (h *Hub) Shutdown(ctx context.Context, code int, reason string) error {
+	return h.ShutdownSpread(ctx, 0, code, reason)
+}
+
+// ShutdownSpread is Shutdown with the closes spread over spread: each
+// client registered when it begins is closed at a random moment within
+// that window, so that clients told to reconnect elsewhere do not all
+// arrive at the other servers at once. Clients registered later are closed
+// at once. ctx bounds the whole shutdown, spread included.
+func (h *Hub) ShutdownSpread(ctx context.Context, spread time.Duration, code int, reason string) error {
 	h.mu.Lock()
 	h.closing, h.closeCode, h.closeReason = true, code, reason
 	h.mu.Unlock()
 
 	forced := 0
+	first := true
 	for {
 		clients := h.snapshotClients()
 		if len(clients) == 0 {
 			break
 		}
 
+		var timers []*time.Timer
 		for _, c := range clients {
-			c.Close(code, reason)
+			if !first || spread <= 0 {
+				c.Close(code, reason)
+				continue
+			}
+			delay := rand.N(spread)
+			timers = append(timers, time.AfterFunc(delay, func() { c.Close(code, reason) }))
 		}
+		first = false
 		for _, c := range clients {
 			if c.waitOrDrop(ctx) {
 				forced++
 			}
+		}
+		for _, t := range timers {
+			t.Stop()
 		}
 	}
 

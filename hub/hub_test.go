@@ -919,3 +919,84 @@ func TestWildcardIndexAgreesWithMatch(t *testing.T) {
 		check(1, removed)
 	})
 }
+
+// DeliveryLatency sees each live event that a writer wrote, measured from
+// the event's Published, and neither replayed events nor other messages.
+func TestDeliveryLatencyCountsLiveEventsOnly(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var seen []time.Duration
+		h := newTestHub(t, Config{DeliveryLatency: func(d time.Duration) {
+			mu.Lock()
+			defer mu.Unlock()
+			seen = append(seen, d)
+		}})
+		sink := newFakeSink()
+		c := h.Register(sink)
+
+		sub, _ := c.Subscribe(parsePatterns("chat.>"), 0)
+		sub.Start([]Event{{Topic: "chat.1", ID: 1, TS: testTS, Data: json.RawMessage(`1`), Published: time.Now().Add(-time.Hour)}})
+		c.Send([]byte(`{"jsonrpc":"2.0","method":"other"}`))
+
+		ev := durable("chat.1", 2)
+		ev.Published = time.Now().Add(-3 * time.Second)
+		h.Publish(ev)
+		h.Publish(durable("chat.1", 3)) // no Published: left out
+		synctest.Wait()
+
+		if got := len(events(t, sink)); got != 3 {
+			t.Fatalf("events written = %d, want 3", got)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		if len(seen) != 1 {
+			t.Fatalf("DeliveryLatency calls = %v, want one, for the live event with Published", seen)
+		}
+		if seen[0] != 3*time.Second {
+			t.Errorf("latency = %s, want 3s (the fake clock does not move while the write runs)", seen[0])
+		}
+	})
+}
+
+// ShutdownSpread closes every client within the window, not all at once,
+// and returns once all have finished closing.
+func TestShutdownSpreadsCloses(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := New(Config{})
+		const n = 50
+		sinks := make([]*fakeSink, n)
+		clients := make([]*Client, n)
+		for i := range sinks {
+			sinks[i] = newFakeSink()
+			clients[i] = h.Register(sinks[i])
+		}
+
+		start := time.Now()
+		done := make(chan error, 1)
+		go func() { done <- h.ShutdownSpread(context.Background(), 10*time.Second, 1012, "restarting") }()
+
+		time.Sleep(5 * time.Second)
+		synctest.Wait()
+		closedEarly := 0
+		for _, c := range clients {
+			if isDone(c) {
+				closedEarly++
+			}
+		}
+		if closedEarly == 0 || closedEarly == n {
+			t.Errorf("clients closed after half the window = %d of %d, want some but not all", closedEarly, n)
+		}
+
+		if err := <-done; err != nil {
+			t.Fatalf("ShutdownSpread = %v, want nil", err)
+		}
+		if took := time.Since(start); took > 10*time.Second {
+			t.Errorf("ShutdownSpread took %s, want at most the 10s window", took)
+		}
+		for i, sink := range sinks {
+			if code, _, closeCalled, _ := sink.closed(); !closeCalled || code != 1012 {
+				t.Errorf("client %d: Close called = %v with code %d, want 1012", i, closeCalled, code)
+			}
+		}
+	})
+}

@@ -34,8 +34,9 @@ type Subscription struct {
 
 // heldEvent is an encoded event waiting for Start.
 type heldEvent struct {
-	prefix []byte
-	id     int64
+	prefix    []byte
+	id        int64
+	published int64
 }
 
 // outcome is the result of deliver for one event.
@@ -184,7 +185,7 @@ func (s *Subscription) Start(replay []Event) {
 			duplicates++
 			continue
 		}
-		c.enqueueLocked(item{msg: e.prefix, sub: s.id})
+		c.enqueueLocked(item{msg: e.prefix, sub: s.id, published: e.published})
 		if c.closed {
 			return
 		}
@@ -193,8 +194,8 @@ func (s *Subscription) Start(replay []Event) {
 }
 
 // deliver queues or holds one published event for s. seq identifies the
-// Publish call.
-func (s *Subscription) deliver(seq uint64, prefix []byte, id int64) outcome {
+// Publish call, and published is the event's time for the latency hook.
+func (s *Subscription) deliver(seq uint64, prefix []byte, id, published int64) outcome {
 	if s.multi {
 		if s.seen == seq {
 			return outcomeSkipped
@@ -215,12 +216,12 @@ func (s *Subscription) deliver(seq uint64, prefix []byte, id int64) outcome {
 
 	if s.held {
 		size := item{msg: prefix, sub: s.id}.size()
-		s.heldEvents = append(s.heldEvents, heldEvent{prefix: prefix, id: id})
+		s.heldEvents = append(s.heldEvents, heldEvent{prefix: prefix, id: id, published: published})
 		s.heldBytes += size
 		c.holdLocked(size)
 		return outcomeHeld
 	}
-	c.enqueueLocked(item{msg: prefix, sub: s.id})
+	c.enqueueLocked(item{msg: prefix, sub: s.id, published: published})
 	return outcomeDelivered
 }
 

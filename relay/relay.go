@@ -13,6 +13,7 @@ import (
 	"context"
 	"encoding/json"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/pgsidecar/sidecar/listen"
@@ -75,15 +76,16 @@ type Relay struct {
 	pending map[int64][]pendingEvent
 	table   int64 // OID of the events table the last commit came from
 
-	caughtUp int64
+	// caughtUp and rejected are read by other goroutines, for metrics.
+	caughtUp atomic.Int64
 
 	// pendingXact is the transaction whose segment is pending. Postgres
 	// delivers one transaction's notifications together, so pending
 	// events of another transaction were replayed, never to be committed.
 	pendingXact int64
 
-	rejected     int64     // notifications Open rejected
-	rejectLogged time.Time // when a rejection was last logged
+	rejected     atomic.Int64 // notifications Open rejected
+	rejectLogged time.Time    // when a rejection was last logged
 }
 
 type pendingEvent struct {
@@ -128,8 +130,9 @@ func New(cfg Config) *Relay {
 // that runs Run may call it.
 func (r *Relay) Last() int64 { return r.last }
 
-// CaughtUp returns how many events catch-up has delivered in all.
-func (r *Relay) CaughtUp() int64 { return r.caughtUp }
+// CaughtUp returns how many events catch-up has delivered in all. It is
+// safe to call from any goroutine.
+func (r *Relay) CaughtUp() int64 { return r.caughtUp.Load() }
 
 // Run handles events until ctx ends or events is closed. A failed catch-up
 // is retried until it succeeds, because delivering later events first
@@ -194,19 +197,19 @@ func (r *Relay) dropStale(xact int64) {
 // reject counts a notification whose authenticator is invalid, and logs
 // the count at most every 10 s.
 func (r *Relay) reject(channel string, size int) {
-	r.rejected++
+	r.rejected.Add(1)
 	now := r.cfg.Now()
 	if now.Sub(r.rejectLogged) < 10*time.Second {
 		return
 	}
 	r.rejectLogged = now
 	r.log.Warn("dropped a notification without a valid authenticator: a database role that is not a sidecar sends NOTIFY on this channel",
-		"channel", channel, "bytes", size, "rejected_total", r.rejected)
+		"channel", channel, "bytes", size, "rejected_total", r.rejected.Load())
 }
 
 // Rejected returns the number of notifications dropped because their
-// authenticator was invalid. Call it on the goroutine that runs Run.
-func (r *Relay) Rejected() int64 { return r.rejected }
+// authenticator was invalid. It is safe to call from any goroutine.
+func (r *Relay) Rejected() int64 { return r.rejected.Load() }
 
 // catchUp reads every event committed after the last delivered one. It
 // drops what the old connection left half-received: those segments are
@@ -233,7 +236,7 @@ func (r *Relay) catchUp(ctx context.Context) error {
 		}
 	}
 
-	r.caughtUp += int64(total)
+	r.caughtUp.Add(int64(total))
 	r.log.Info("caught up after listener (re)connect", "events", total, "last_id", r.last)
 	return nil
 }

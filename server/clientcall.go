@@ -29,17 +29,28 @@ func (sess *session) callClient(ctx context.Context, method string, params json.
 		p = params
 	}
 	var result json.RawMessage
+	start := time.Now()
 	err := sess.peer.Call(ctx, method, p, &result)
 
 	var rerr *rpc.Error
+	outcome, gone := outcomeError, false
+	defer func() {
+		if gone {
+			outcome = outcomeNotFound
+		}
+		sess.srv.metrics.observeRPC(directionAppToClient, outcome, start)
+	}()
 	switch {
 	case err == nil:
+		outcome = outcomeOK
 		return result, nil, nil
 	case errors.As(err, &rerr):
 		return nil, rerr, nil
 	case errors.Is(err, rpc.ErrClosed), errors.Is(err, errClientGone):
+		gone = true
 		return nil, nil, errClientGone
 	case errors.Is(err, context.DeadlineExceeded):
+		outcome = outcomeTimeout
 		return nil, nil, fmt.Errorf("%w (%s)", errClientTimeout, timeout)
 	}
 	return nil, nil, err

@@ -17,6 +17,7 @@ import (
 	"github.com/labstack/echo/v4"
 	"github.com/labstack/echo/v4/middleware"
 
+	"github.com/pgsidecar/sidecar/listen"
 	"github.com/pgsidecar/sidecar/store"
 	"github.com/pgsidecar/sidecar/topic"
 )
@@ -37,9 +38,10 @@ func (s *Server) routes() http.Handler {
 		LogStatus: true, LogURIPath: true, LogMethod: true, LogLatency: true, LogRequestID: true,
 		LogValuesFunc: func(c echo.Context, v middleware.RequestLoggerValues) error {
 			// The path only: a token may ride in the query string. Probes
-			// come every few seconds, so they are logged at debug level.
+			// and scrapes come every few seconds, so they are logged at
+			// debug level.
 			level := slog.LevelInfo
-			if v.URIPath == "/readyz" || v.URIPath == "/healthz" {
+			if v.URIPath == "/readyz" || v.URIPath == "/healthz" || v.URIPath == "/metrics" {
 				level = slog.LevelDebug
 			}
 			s.log.Log(c.Request().Context(), level, "http request", "request_id", v.RequestID, "method", v.Method,
@@ -69,6 +71,9 @@ func (s *Server) routes() http.Handler {
 		return c.JSON(http.StatusOK, map[string]string{"status": "ok"})
 	})
 	e.GET("/readyz", s.readyz)
+	if s.cfg.MetricsAddr == "" {
+		e.GET("/metrics", echo.WrapHandler(s.MetricsHandler()))
+	}
 	e.GET("/v1/ws", echo.WrapHandler(http.HandlerFunc(s.serveWS)))
 	e.GET("/v1/events", echo.WrapHandler(http.HandlerFunc(s.serveSSE)))
 
@@ -145,6 +150,23 @@ type listenerState struct {
 // later Postgres outage shows in the body at once but turns the status to
 // 503 only after UnreadyAfter, because an unready sidecar takes its whole
 // pod out of service.
+// ready reports whether /readyz returns 200: started, not draining, and
+// the LISTEN connection not down for longer than UnreadyAfter.
+func (s *Server) ready() bool {
+	return s.readyFor(s.listener.Status())
+}
+
+func (s *Server) readyFor(st listen.Status) bool {
+	outage := !st.Connected && time.Since(st.Since) > s.cfg.UnreadyAfter
+	return s.started.Load() && !s.draining.Load() && !outage
+}
+
+// notifyQueueUsage returns the last reading of Postgres' notification queue
+// fill level.
+func (s *Server) notifyQueueUsage() float64 {
+	return math.Float64frombits(s.notifyQueue.Load())
+}
+
 func (s *Server) readyz(c echo.Context) error {
 	st := s.listener.Status()
 	r := readiness{
@@ -155,8 +177,7 @@ func (s *Server) readyz(c echo.Context) error {
 
 		NotifyQueueUsage: math.Float64frombits(s.notifyQueue.Load()),
 	}
-	outage := !st.Connected && time.Since(st.Since) > s.cfg.UnreadyAfter
-	r.Ready = r.Started && !r.Draining && !outage
+	r.Ready = s.readyFor(st)
 
 	status := http.StatusOK
 	if !r.Ready {
@@ -239,6 +260,7 @@ func (s *Server) publishHTTP(c echo.Context) error {
 	sum := sha256.Sum256(body)
 
 	ids, err := s.store.PublishIdempotent(c.Request().Context(), pubs, key, hex.EncodeToString(sum[:]))
+	s.metrics.countPublish(transportHTTP, len(pubs), err == nil)
 	if err != nil {
 		return s.publishFailed(c, err)
 	}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pgsidecar/sidecar/appcall"
 	"github.com/pgsidecar/sidecar/auth"
@@ -43,6 +44,7 @@ func (sess *session) prepareMessage(_ context.Context, m rpc.Message) (rpc.Prepa
 		return rpc.Prepared{}, rerr
 	}
 	if ok, abusive := sess.guard.allow(); !ok {
+		sess.srv.metrics.refused.WithLabelValues("rate_limited").Inc()
 		if abusive {
 			sess.log.Warn("closing a client that keeps sending over its message rate", "rate", sess.srv.cfg.MessageRate)
 			sess.client.Close(int(closePolicy), "message rate exceeded")
@@ -132,10 +134,13 @@ func (sess *session) prepareAppCall(m rpc.Message) (call, *rpc.Error) {
 		forward.ID = json.RawMessage(strconv.FormatUint(srv.appCalls.Add(1), 10))
 	}
 	return call{run: func(ctx context.Context) (any, *rpc.Error) {
+		start := time.Now()
 		result, rerr := srv.app.Forward(ctx, forward)
 		if rerr != nil {
+			srv.metrics.observeRPC(directionClientToApp, rpcOutcome(rerr), start)
 			return nil, sess.appError(rerr)
 		}
+		srv.metrics.observeRPC(directionClientToApp, outcomeOK, start)
 		return result, nil
 	}}, nil
 }
@@ -147,7 +152,8 @@ func (sess *session) appError(rerr *rpc.Error) *rpc.Error {
 	if rerr.Code != rpc.CodeAppCallFailed {
 		return rerr
 	}
-	sess.log.Warn("application call failed", "err", rerr.Message)
+	// The forwarder logs the failure, rate-limited, with the call.
+	sess.log.Debug("application call failed", "err", rerr.Message)
 	out := *rerr
 	out.Message = strings.ReplaceAll(out.Message, sess.srv.cfg.AppRPCURL, "the application")
 	return &out
@@ -367,7 +373,9 @@ func (sess *session) preparePublish(raw json.RawMessage) (call, *rpc.Error) {
 	}
 
 	return call{publish: true, run: func(ctx context.Context) (any, *rpc.Error) {
-		return sess.publishOne(ctx, *p.Topic, p.Data, durable)
+		result, rerr := sess.publishOne(ctx, *p.Topic, p.Data, durable)
+		sess.srv.metrics.countPublish(transportWebsocket, 1, rerr == nil)
+		return result, rerr
 	}}, nil
 }
 

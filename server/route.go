@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strconv"
 	"sync"
 	"time"
@@ -186,7 +187,7 @@ func (r *router) callSubjectRemote(ctx context.Context, subject, method string, 
 func (r *router) handle(ctx context.Context, payload string) {
 	var msg routed
 	if err := json.Unmarshal([]byte(payload), &msg); err != nil {
-		r.s.log.Warn("undecodable message on the routing channel, ignored", "err", err)
+		r.logger().Warn("undecodable message on the routing channel, ignored", "err", err)
 		return
 	}
 	if msg.Kind == "ref" {
@@ -200,12 +201,12 @@ func (r *router) handleRef(ctx context.Context, ref int64) {
 	var body string
 	err := r.s.pool.QueryRow(ctx, "SELECT body FROM realtime.rpc_messages WHERE id = $1", ref).Scan(&body)
 	if err != nil {
-		r.s.log.Warn("reading a routed message failed", "ref", ref, "err", err)
+		r.logger().Warn("reading a routed message failed", "ref", ref, "err", err)
 		return
 	}
 	var msg routed
 	if err := json.Unmarshal([]byte(body), &msg); err != nil {
-		r.s.log.Warn("undecodable routed message, ignored", "ref", ref, "err", err)
+		r.logger().Warn("undecodable routed message, ignored", "ref", ref, "err", err)
 		return
 	}
 	r.dispatch(ctx, msg)
@@ -250,7 +251,7 @@ func (r *router) answerCall(ctx context.Context, q routed) {
 		}
 	}
 	if err := r.send(ctx, answer); err != nil && ctx.Err() == nil {
-		r.s.log.Warn("sending the response to a routed call failed", "client_id", q.ClientID, "err", err)
+		r.logger().Warn("sending the response to a routed call failed", "client_id", q.ClientID, "err", err)
 	}
 }
 
@@ -266,7 +267,7 @@ func (r *router) answerSubject(ctx context.Context, q routed) {
 
 	answer := routed{Kind: "sa", To: q.From, From: r.s.instance, RequestID: q.RequestID, Results: results}
 	if err := r.send(ctx, answer); err != nil && ctx.Err() == nil {
-		r.s.log.Warn("sending the response to a routed subject call failed", "err", err)
+		r.logger().Warn("sending the response to a routed subject call failed", "err", err)
 	}
 }
 
@@ -281,7 +282,7 @@ func (r *router) heartbeat(ctx context.Context) {
 			INSERT INTO realtime.instances (id) VALUES ($1)
 			ON CONFLICT (id) DO UPDATE SET seen_at = now()`, r.s.instance)
 		if err != nil && ctx.Err() == nil {
-			r.s.log.Warn("recording this instance failed", "err", err)
+			r.logger().Warn("recording this instance failed", "err", err)
 		}
 		_, _ = r.s.pool.Exec(ctx, `DELETE FROM realtime.rpc_messages WHERE created_at < now() - interval '5 minutes'`)
 		_, _ = r.s.pool.Exec(ctx, `DELETE FROM realtime.instances WHERE seen_at < now() - interval '1 hour'`)
@@ -295,4 +296,9 @@ func (r *router) heartbeat(ctx context.Context) {
 		case <-tick.C:
 		}
 	}
+}
+
+// logger returns the server's logger for lines about routing.
+func (r *router) logger() *slog.Logger {
+	return r.s.log.With("component", "routing")
 }

@@ -65,7 +65,9 @@ type Server struct {
 
 	epochValue  atomic.Pointer[string]
 	notifyQueue atomic.Uint64 // float64 bits of pg_notification_queue_usage()
-	started     atomic.Bool   // migrations applied and the first LISTEN is up
+	relay       atomic.Pointer[relay.Relay]
+	metrics     *metrics
+	started     atomic.Bool // migrations applied and the first LISTEN is up
 	draining    atomic.Bool
 
 	// instance names this sidecar process; every client id starts with it.
@@ -187,14 +189,16 @@ func New(cfg Config) (*Server, error) {
 	}
 	s.store = store.New(s.pool)
 
+	s.metrics = newMetrics(s)
 	s.hub = hub.New(hub.Config{
-		QueueBytes:    cfg.QueueBytes,
-		MaxQueueBytes: cfg.MaxQueueBytes,
-		SlowGrace:     cfg.SlowGrace,
-		WriteTimeout:  cfg.WriteTimeout,
-		Heartbeat:     cfg.Heartbeat,
-		HeartbeatMsg:  rpc.EncodeNotification("heartbeat", struct{}{}),
-		Logger:        s.log.With("component", "hub"),
+		DeliveryLatency: func(d time.Duration) { s.metrics.delivery.Observe(d.Seconds()) },
+		QueueBytes:      cfg.QueueBytes,
+		MaxQueueBytes:   cfg.MaxQueueBytes,
+		SlowGrace:       cfg.SlowGrace,
+		WriteTimeout:    cfg.WriteTimeout,
+		Heartbeat:       cfg.Heartbeat,
+		HeartbeatMsg:    rpc.EncodeNotification("heartbeat", struct{}{}),
+		Logger:          s.log.With("component", "hub"),
 	})
 
 	empty := ""
@@ -212,8 +216,9 @@ func (s *Server) Hub() *hub.Hub { return s.hub }
 func (s *Server) epoch() string { return *s.epochValue.Load() }
 
 // Run serves on cfg.Addr until ctx ends, then drains: /readyz turns 503,
-// new connections are refused, websockets are closed with 1012 within
-// DrainTimeout, and Run returns nil once everything has stopped.
+// new connections are refused, websockets and event streams are closed
+// with 1012 at random moments within DrainSpread, all within DrainTimeout,
+// and Run returns nil once everything has stopped.
 func (s *Server) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Addr)
 	if err != nil {
@@ -229,6 +234,13 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
+	stopMetrics, err := s.serveMetrics()
+	if err != nil {
+		ln.Close()
+		return err
+	}
+	defer stopMetrics()
+
 	httpDone := make(chan error, 1)
 	go func() { httpDone <- httpServer.Serve(ln) }()
 	s.log.Info("serving", "addr", ln.Addr().String(), "version", s.cfg.Version)
@@ -242,6 +254,38 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		stop()
 		return fmt.Errorf("http server: %w", err)
 	}
+}
+
+// serveMetrics serves /metrics on Config.MetricsAddr, when set, until the
+// returned function is called. Scrapes keep working while the server
+// drains, so the drain itself can be watched.
+func (s *Server) serveMetrics() (stop func(), err error) {
+	if s.cfg.MetricsAddr == "" {
+		return func() {}, nil
+	}
+	ln, err := net.Listen("tcp", s.cfg.MetricsAddr)
+	if err != nil {
+		return nil, fmt.Errorf("--metrics-addr %s: %w", s.cfg.MetricsAddr, err)
+	}
+
+	mux := http.NewServeMux()
+	mux.Handle("GET /metrics", s.MetricsHandler())
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			s.log.Error("metrics server stopped", "component", "metrics", "err", err)
+		}
+	}()
+	s.log.Info("serving metrics", "component", "metrics", "addr", ln.Addr().String())
+
+	return func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(ctx)
+		<-done
+	}, nil
 }
 
 // start brings the instance to ready: migrations, settings, epoch and head,
@@ -278,7 +322,9 @@ func (s *Server) start(ctx context.Context) {
 		},
 		Last: last,
 		Deliver: func(ev store.Event) {
-			s.hub.Publish(hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS})
+			s.metrics.eventsIn.WithLabelValues(eventSource(ev)).Inc()
+			published, _ := time.Parse(store.TimeLayout, ev.TS)
+			s.hub.Publish(hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS, Published: published})
 		},
 		NewIDSpace: func(lastBefore int64) {
 			s.hub.SetWatermark(lastBefore)
@@ -286,6 +332,8 @@ func (s *Server) start(ctx context.Context) {
 		},
 		Logger: s.log.With("component", "relay"),
 	})
+
+	s.relay.Store(r)
 
 	var wg sync.WaitGroup
 	wg.Go(func() {
@@ -511,14 +559,14 @@ func (s *Server) refreshEpoch(ctx context.Context) {
 // first, then new connections, then the open websockets.
 func (s *Server) drain(httpServer *http.Server) {
 	s.draining.Store(true)
-	s.log.Info("draining", "timeout", s.cfg.DrainTimeout)
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout, "spread", s.cfg.DrainSpread, "clients", s.hub.Stats().Clients)
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 
 	// The HTTP server keeps answering while the websockets close, so
 	// /readyz reports 503 and new websockets are refused with 503.
-	if err := s.hub.Shutdown(ctx, int(closeDraining), "sidecar restarting: reconnect"); err != nil {
+	if err := s.hub.ShutdownSpread(ctx, s.cfg.DrainSpread, int(closeDraining), "sidecar restarting: reconnect"); err != nil {
 		s.log.Warn("websockets still open at the drain deadline were dropped", "err", err)
 	}
 	s.loopsMu.Lock()

@@ -84,6 +84,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 	// falls back to anonymous access.
 	claims, status, msg := s.upgradeClaims(r)
 	if status != 0 {
+		s.metrics.refused.WithLabelValues("token").Inc()
 		s.log.Info("websocket token rejected", "remote", r.RemoteAddr, "reason", msg)
 		writeError(w, status, "invalid_token", msg)
 		return
@@ -204,6 +205,10 @@ func (sess *session) readLoop(ctx context.Context) string {
 }
 
 func (sess *session) readFailed(err error) string {
+	if code, ok := sess.client.ClosedWith(); ok {
+		// The sidecar closed first, and the client echoed its close frame.
+		return "closed by the sidecar with " + websocket.StatusCode(code).String()
+	}
 	switch status := websocket.CloseStatus(err); {
 	case status != -1:
 		sess.client.Close(int(status), "")
@@ -238,14 +243,17 @@ func (sess *session) stopTimers() {
 // kind names the request in log lines.
 func (s *Server) admitClient(w http.ResponseWriter, r *http.Request, kind string) bool {
 	if s.draining.Load() {
+		s.metrics.refused.WithLabelValues("draining").Inc()
 		writeError(w, http.StatusServiceUnavailable, "draining", "this sidecar is shutting down: connect to another instance")
 		return false
 	}
 	if !s.started.Load() {
+		s.metrics.refused.WithLabelValues("not_ready").Inc()
 		writeError(w, http.StatusServiceUnavailable, "not_ready", "this sidecar is starting: retry shortly")
 		return false
 	}
 	if !s.originAllowed(r) {
+		s.metrics.refused.WithLabelValues("origin").Inc()
 		s.log.Info(kind+" origin rejected", "remote", r.RemoteAddr, "origin", r.Header.Get("Origin"))
 		writeError(w, http.StatusForbidden, "origin_not_allowed",
 			"origin "+r.Header.Get("Origin")+" is not allowed: add it to --allowed-origins (SIDECAR_ALLOWED_ORIGINS)")
@@ -261,10 +269,12 @@ func (s *Server) admitClient(w http.ResponseWriter, r *http.Request, kind string
 func (s *Server) acquireConnection(w http.ResponseWriter, subject, kind string) bool {
 	switch s.conns.acquire(subject, s.cfg.MaxConnections, s.cfg.MaxConnectionsPerSubject) {
 	case "total":
+		s.metrics.refused.WithLabelValues("connection_limit").Inc()
 		s.log.Warn(kind+" rejected: connection limit reached", "limit", s.cfg.MaxConnections)
 		writeError(w, http.StatusServiceUnavailable, "too_many_connections", "this sidecar has reached --max-connections: connect to another instance or retry later")
 		return false
 	case "subject":
+		s.metrics.refused.WithLabelValues("subject_limit").Inc()
 		s.log.Info(kind+" rejected: subject at its connection limit", "sub", subject, "limit", s.cfg.MaxConnectionsPerSubject)
 		writeError(w, http.StatusTooManyRequests, "too_many_connections", "this token's subject already has the maximum number of connections (--max-connections-per-subject): close one first")
 		return false
