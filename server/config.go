@@ -64,8 +64,8 @@ type Config struct {
 	DrainTimeout time.Duration
 	// DrainSpread is the window over which a draining server closes its
 	// websockets with 1012, each at a random moment, so that clients do
-	// not all reconnect to the other instances at once. It must be shorter
-	// than DrainTimeout.
+	// not all reconnect to the other instances at once. At most half of
+	// DrainTimeout is used, so that the closing handshakes fit in the rest.
 	DrainSpread time.Duration
 
 	// MetricsAddr, when set, serves /metrics on a listener of its own
@@ -169,8 +169,8 @@ func (c *Config) Validate() error {
 	if c.MaxQueueBytes < c.QueueBytes+c.MaxEventBytes {
 		errs = append(errs, fmt.Errorf("--client-max-queue-bytes is %d: it must be at least --client-queue-bytes plus --max-event-bytes (%d)", c.MaxQueueBytes, c.QueueBytes+c.MaxEventBytes))
 	}
-	if c.DrainSpread < 0 || c.DrainSpread >= c.DrainTimeout {
-		errs = append(errs, fmt.Errorf("--drain-spread is %s: it must be at least 0s and shorter than --drain-timeout (%s), which also bounds the closing handshakes", c.DrainSpread, c.DrainTimeout))
+	if c.DrainSpread < 0 {
+		errs = append(errs, fmt.Errorf("--drain-spread is %s: it must be at least 0s", c.DrainSpread))
 	}
 	for _, d := range []struct {
 		name  string
@@ -184,6 +184,12 @@ func (c *Config) Validate() error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// drainSpread returns the spread that a drain uses: DrainSpread, cut to
+// half of DrainTimeout.
+func (c *Config) drainSpread() time.Duration {
+	return min(c.DrainSpread, c.DrainTimeout/2)
 }
 
 // readLimit is the largest websocket message a client may send.

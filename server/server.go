@@ -217,7 +217,8 @@ func (s *Server) epoch() string { return *s.epochValue.Load() }
 
 // Run serves on cfg.Addr until ctx ends, then drains: /readyz turns 503,
 // new connections are refused, websockets and event streams are closed
-// with 1012 at random moments within DrainSpread, all within DrainTimeout,
+// with 1012 at random moments within DrainSpread (at most half of
+// DrainTimeout), all within DrainTimeout,
 // and Run returns nil once everything has stopped.
 func (s *Server) Run(ctx context.Context) error {
 	ln, err := net.Listen("tcp", s.cfg.Addr)
@@ -559,14 +560,14 @@ func (s *Server) refreshEpoch(ctx context.Context) {
 // first, then new connections, then the open websockets.
 func (s *Server) drain(httpServer *http.Server) {
 	s.draining.Store(true)
-	s.log.Info("draining", "timeout", s.cfg.DrainTimeout, "spread", s.cfg.DrainSpread, "clients", s.hub.Stats().Clients)
+	s.log.Info("draining", "timeout", s.cfg.DrainTimeout, "spread", s.cfg.drainSpread(), "clients", s.hub.Stats().Clients)
 
 	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.DrainTimeout)
 	defer cancel()
 
 	// The HTTP server keeps answering while the websockets close, so
 	// /readyz reports 503 and new websockets are refused with 503.
-	if err := s.hub.ShutdownSpread(ctx, s.cfg.DrainSpread, int(closeDraining), "sidecar restarting: reconnect"); err != nil {
+	if err := s.hub.ShutdownSpread(ctx, s.cfg.drainSpread(), int(closeDraining), "sidecar restarting: reconnect"); err != nil {
 		s.log.Warn("websockets still open at the drain deadline were dropped", "err", err)
 	}
 	s.loopsMu.Lock()
