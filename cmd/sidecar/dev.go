@@ -21,20 +21,35 @@ import (
 	"github.com/pgsidecar/sidecar/server"
 )
 
+// devFlags contains the values of the "sidecar dev" flags that are not fields
+// of server.Config.
+type devFlags struct {
+	logFormat, logLevel, dataDir *string
+	demo                         *bool
+}
+
+// newDevFlags declares every flag of "sidecar dev": the settings of
+// serverFlags, with --addr defaulting to 127.0.0.1:7070, and --data-dir and
+// --demo.
+func newDevFlags(cfg *server.Config) (*envFlags, devFlags) {
+	cfg.Addr = "127.0.0.1:7070"
+	f := newEnvFlags("sidecar dev")
+	var v devFlags
+	v.logFormat, v.logLevel = serverFlags(f, cfg)
+	v.dataDir = f.fs.String("data-dir", "", "keep the throwaway Postgres cluster here (empty: a temporary directory removed on exit)")
+	v.demo = f.fs.Bool("demo", true, "insert a row once ready and show it reaching a websocket subscriber")
+	return f, v
+}
+
 func runDev(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	cfg := server.Defaults()
 	cfg.Version = version
-	cfg.Addr = "127.0.0.1:7070"
-	f := newEnvFlags("sidecar dev")
-	format, level := serverFlags(f, &cfg)
-	var dataDir string
-	var cliDemo bool
-	f.fs.StringVar(&dataDir, "data-dir", "", "keep the throwaway Postgres cluster here (empty: a temporary directory removed on exit)")
-	f.fs.BoolVar(&cliDemo, "demo", true, "insert a row once ready and show it reaching a websocket subscriber")
+	f, flags := newDevFlags(&cfg)
 	if err := parseFlags(f, args, getenv, stderr); err != nil {
 		return err
 	}
-	logger, err := newLogger(stderr, *format, *level)
+	dataDir, cliDemo := *flags.dataDir, *flags.demo
+	logger, err := newLogger(stderr, *flags.logFormat, *flags.logLevel)
 	if err != nil {
 		return err
 	}

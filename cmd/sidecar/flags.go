@@ -3,6 +3,7 @@ package main
 import (
 	"flag"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,6 +29,8 @@ func (f *envFlags) bind(name, env string) {
 }
 
 // parse parses args, then fills every flag not given from its variable.
+// Like flag.FlagSet.Parse, it writes a failure to the flag set's output
+// before returning it.
 func (f *envFlags) parse(args []string, getenv func(string) string) error {
 	if err := f.fs.Parse(args); err != nil {
 		return err
@@ -41,7 +44,13 @@ func (f *envFlags) parse(args []string, getenv func(string) string) error {
 			continue
 		}
 		if err := f.fs.Set(name, v); err != nil {
-			return fmt.Errorf("environment variable %s=%q: %w", env, v, err)
+			quoted := strconv.Quote(v)
+			if isSecret(f.fs.Lookup(name)) {
+				quoted = "(secret)"
+			}
+			err = fmt.Errorf("invalid value %s for environment variable %s: %w", quoted, env, err)
+			fmt.Fprintln(f.fs.Output(), err)
+			return err
 		}
 	}
 	return nil
@@ -83,6 +92,15 @@ func (s secretString) String() string { return "" }
 func (s secretString) Set(v string) error {
 	*s.s = v
 	return nil
+}
+
+// isSecret reports whether the value of fl is a secret, which is never printed.
+func isSecret(fl *flag.Flag) bool {
+	switch fl.Value.(type) {
+	case secretValue, secretString:
+		return true
+	}
+	return false
 }
 
 // serverFlags declares every server setting on f, with its variable.
@@ -139,7 +157,7 @@ func serverFlags(f *envFlags, cfg *server.Config) (logFormat, logLevel *string) 
 	dur(&cfg.AuthTimeout, "auth-timeout", "SIDECAR_AUTH_TIMEOUT", "how long a connection without a token may take to authenticate")
 	dur(&cfg.UnreadyAfter, "unready-after", "SIDECAR_UNREADY_AFTER", "how long the LISTEN connection may be down before /readyz turns 503")
 	dur(&cfg.DrainTimeout, "drain-timeout", "SIDECAR_DRAIN_TIMEOUT", "how long a shutdown waits for websockets and event streams to close and calls to finish")
-	dur(&cfg.DrainSpread, "drain-spread", "SIDECAR_DRAIN_SPREAD", "window over which a shutdown closes websockets with 1012, each at a random moment; shorter than --drain-timeout")
+	dur(&cfg.DrainSpread, "drain-spread", "SIDECAR_DRAIN_SPREAD", "window over which a shutdown closes websockets and event streams with 1012, each at a random moment; at most half of --drain-timeout is used")
 	str(&cfg.MetricsAddr, "metrics-addr", "SIDECAR_METRICS_ADDR", "serve /metrics on this address instead of --addr, such as :9090")
 	fs.Var(secretString{&cfg.MetricsToken}, "metrics-token", "bearer token that /metrics requires; empty serves it without one")
 	f.bind("metrics-token", "SIDECAR_METRICS_TOKEN")
@@ -156,4 +174,29 @@ func serverFlags(f *envFlags, cfg *server.Config) (logFormat, logLevel *string) 
 	str(&format, "log-format", "SIDECAR_LOG_FORMAT", "log format: text or json")
 	str(&level, "log-level", "SIDECAR_LOG_LEVEL", "log level: debug, info, warn or error")
 	return &format, &level
+}
+
+// debugFlags declares --debug-addr on f. It is separate from serverFlags
+// because only "sidecar serve" offers the profiling endpoints.
+func debugFlags(f *envFlags) (debugAddr *string) {
+	var addr string
+	f.fs.StringVar(&addr, "debug-addr", "", "serve Go's profiling endpoints (/debug/pprof/) on this address, such as 127.0.0.1:6060; empty disables them")
+	f.bind("debug-addr", "SIDECAR_DEBUG_ADDR")
+	return &addr
+}
+
+// serveFlags contains the values of the "sidecar serve" flags that are not
+// fields of server.Config.
+type serveFlags struct {
+	logFormat, logLevel, debugAddr *string
+}
+
+// newServeFlags declares every flag of "sidecar serve": the settings of
+// serverFlags, which fill cfg, and --debug-addr.
+func newServeFlags(cfg *server.Config) (*envFlags, serveFlags) {
+	f := newEnvFlags("sidecar serve")
+	var v serveFlags
+	v.logFormat, v.logLevel = serverFlags(f, cfg)
+	v.debugAddr = debugFlags(f)
+	return f, v
 }

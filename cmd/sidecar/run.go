@@ -102,23 +102,19 @@ func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
 func runServe(ctx context.Context, args []string, getenv func(string) string, stderr io.Writer) error {
 	cfg := server.Defaults()
 	cfg.Version = version
-	f := newEnvFlags("sidecar serve")
-	format, level := serverFlags(f, &cfg)
-	var debugAddr string
-	f.fs.StringVar(&debugAddr, "debug-addr", "", "serve Go's profiling endpoints (/debug/pprof/) on this address, such as 127.0.0.1:6060; empty disables them")
-	f.bind("debug-addr", "SIDECAR_DEBUG_ADDR")
+	f, flags := newServeFlags(&cfg)
 	if err := parseFlags(f, args, getenv, stderr); err != nil {
 		return err
 	}
 
-	logger, err := newLogger(stderr, *format, *level)
+	logger, err := newLogger(stderr, *flags.logFormat, *flags.logLevel)
 	if err != nil {
 		return err
 	}
 	cfg.Logger = logger
 
-	if debugAddr != "" {
-		if err := serveDebug(ctx, debugAddr, logger.With("component", "debug")); err != nil {
+	if *flags.debugAddr != "" {
+		if err := serveDebug(ctx, *flags.debugAddr, logger.With("component", "debug")); err != nil {
 			return err
 		}
 	}
@@ -130,11 +126,16 @@ func runServe(ctx context.Context, args []string, getenv func(string) string, st
 	return srv.Run(ctx)
 }
 
-func runMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
-	f := newEnvFlags("sidecar migrate")
-	var url string
-	f.fs.StringVar(&url, "database-url", "", "Postgres URL")
+// newMigrateFlags declares the flags of "sidecar migrate".
+func newMigrateFlags() (f *envFlags, databaseURL *string) {
+	f = newEnvFlags("sidecar migrate")
+	databaseURL = f.fs.String("database-url", "", "Postgres URL")
 	f.bind("database-url", "DATABASE_URL")
+	return f, databaseURL
+}
+
+func runMigrate(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f, urlFlag := newMigrateFlags()
 	// Flags may come before or after the subcommand.
 	sub := ""
 	if len(args) > 0 && !strings.HasPrefix(args[0], "-") {
@@ -146,6 +147,7 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	if sub == "" {
 		sub = f.fs.Arg(0)
 	}
+	url := *urlFlag
 	if url == "" {
 		return errors.New("--database-url (DATABASE_URL) is not set: give the Postgres URL to migrate")
 	}
@@ -174,18 +176,30 @@ func runMigrate(ctx context.Context, args []string, getenv func(string) string, 
 	return exitError(2)
 }
 
-func runPub(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// pubFlags contains the values of the "sidecar pub" flags.
+type pubFlags struct {
+	url, apiKey *string
+	ephemeral   *bool
+}
+
+// newPubFlags declares the flags of "sidecar pub".
+func newPubFlags() (*envFlags, pubFlags) {
 	f := newEnvFlags("sidecar pub")
-	var base, key string
-	var ephemeral bool
-	f.fs.StringVar(&base, "url", "http://127.0.0.1:7070", "base URL of the sidecar's HTTP API")
+	var v pubFlags
+	v.url = f.fs.String("url", "http://127.0.0.1:7070", "base URL of the sidecar's HTTP API")
 	f.bind("url", "SIDECAR_URL")
-	f.fs.StringVar(&key, "api-key", "", "API key (defaults to the first of SIDECAR_API_KEYS)")
+	v.apiKey = f.fs.String("api-key", "", "API key (defaults to the first of SIDECAR_API_KEYS)")
 	f.bind("api-key", "SIDECAR_API_KEY")
-	f.fs.BoolVar(&ephemeral, "ephemeral", false, "publish an ephemeral event (NOTIFY only, no id, no replay)")
+	v.ephemeral = f.fs.Bool("ephemeral", false, "publish an ephemeral event (NOTIFY only, no id, no replay)")
+	return f, v
+}
+
+func runPub(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f, flags := newPubFlags()
 	if err := parseFlags(f, args, getenv, stderr); err != nil {
 		return err
 	}
+	base, key, ephemeral := *flags.url, *flags.apiKey, *flags.ephemeral
 	if key == "" {
 		key, _, _ = strings.Cut(getenv("SIDECAR_API_KEYS"), ",")
 	}
@@ -219,18 +233,30 @@ func runPub(ctx context.Context, args []string, getenv func(string) string, stdo
 	return nil
 }
 
-func runSub(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+// subFlags contains the values of the "sidecar sub" flags.
+type subFlags struct {
+	url, token *string
+	since      *int64
+}
+
+// newSubFlags declares the flags of "sidecar sub".
+func newSubFlags() (*envFlags, subFlags) {
 	f := newEnvFlags("sidecar sub")
-	var url, token string
-	var since int64
-	f.fs.StringVar(&url, "url", "ws://127.0.0.1:7070/v1/ws", "websocket URL of the sidecar")
+	var v subFlags
+	v.url = f.fs.String("url", "ws://127.0.0.1:7070/v1/ws", "websocket URL of the sidecar")
 	f.bind("url", "SIDECAR_WS_URL")
-	f.fs.StringVar(&token, "token", "", "client token (JWT); empty connects anonymously")
+	v.token = f.fs.String("token", "", "client token (JWT); empty connects anonymously")
 	f.bind("token", "SIDECAR_TOKEN")
-	f.fs.Int64Var(&since, "since", -1, "replay durable events after this id first (-1: live events only)")
+	v.since = f.fs.Int64("since", -1, "replay durable events after this id first (-1: live events only)")
+	return f, v
+}
+
+func runSub(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+	f, flags := newSubFlags()
 	if err := parseFlags(f, args, getenv, stderr); err != nil {
 		return err
 	}
+	url, token, since := *flags.url, *flags.token, *flags.since
 	if f.fs.NArg() == 0 {
 		fmt.Fprintln(stderr, "usage: sidecar sub [flags] PATTERN...")
 		return exitError(2)
