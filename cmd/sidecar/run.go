@@ -34,7 +34,7 @@ Commands:
   sub PATTERN...      subscribe over the websocket and print events as JSON lines
   dev                 start a throwaway local Postgres, the server and a demo
   health [URL]        exit 0 when the instance at URL (default http://127.0.0.1:7070) is ready
-  version             print the version
+  version             print the version and build information
 
 Run "sidecar COMMAND -h" for a command's flags. Every flag also has an
 environment variable, named in its help.
@@ -61,8 +61,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	case "health":
 		return runHealth(ctx, rest, stdout, stderr)
 	case "version":
-		fmt.Fprintln(stdout, "sidecar", version)
-		return nil
+		return writeVersion(stdout, version, buildInfo())
 	case "help", "-h", "--help":
 		fmt.Fprint(stdout, usage)
 		return nil
