@@ -46,7 +46,7 @@ func (sess *session) prepareMessage(_ context.Context, m rpc.Message) (rpc.Prepa
 	if ok, abusive := sess.guard.allow(); !ok {
 		sess.srv.metrics.refused.WithLabelValues("rate_limited").Inc()
 		if abusive {
-			sess.log.Warn("closing a client that keeps sending over its message rate", "rate", sess.srv.cfg.MessageRate)
+			sess.logger().Warn("closing a client that keeps sending over its message rate", "rate", sess.srv.cfg.MessageRate)
 			sess.client.Close(int(closePolicy), "message rate exceeded")
 		}
 		return rpc.Prepared{}, rpc.Errorf(rpc.CodeRateLimited,
@@ -153,7 +153,7 @@ func (sess *session) appError(rerr *rpc.Error) *rpc.Error {
 		return rerr
 	}
 	// The forwarder logs the failure, rate-limited, with the call.
-	sess.log.Debug("application call failed", "err", rerr.Message)
+	sess.logger().Debug("application call failed", "err", rerr.Message)
 	out := *rerr
 	out.Message = strings.ReplaceAll(out.Message, sess.srv.cfg.AppRPCURL, "the application")
 	return &out
@@ -315,7 +315,7 @@ func historyExpired(format string, args ...any) *rpc.Error {
 // internal logs a failure to reach Postgres and returns the error the
 // client gets for it.
 func (sess *session) internal(err error) *rpc.Error {
-	sess.log.Error("request failed", "err", err)
+	sess.logger().Error("request failed", "err", err)
 	if errors.Is(err, store.ErrUncertain) {
 		return rpc.Errorf(rpc.CodeInternal, "internal error: the connection to Postgres failed during the publish, so the event may or may not have been published")
 	}
@@ -402,7 +402,7 @@ func (sess *session) publishError(err error) *rpc.Error {
 	case errors.Is(err, store.ErrInvalid):
 		return rpc.InvalidParams("%s", strings.TrimPrefix(err.Error(), store.ErrInvalid.Error()+": "))
 	case errors.Is(err, store.ErrRejected):
-		sess.log.Error("publish rejected by Postgres", "err", err)
+		sess.logger().Error("publish rejected by Postgres", "err", err)
 		return rpc.Errorf(rpc.CodeInternal, "internal error: Postgres rejected the publish; the sidecar's log has the details")
 	}
 	return sess.internal(err)

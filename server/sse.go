@@ -239,7 +239,8 @@ func (s *Server) startSSESubscription(r *http.Request, client *hub.Client, sink 
 	if req.since != nil {
 		// A session value without a connection lends subscribe's checks
 		// and replay to the stream, so both give the same errors.
-		replayer := &session{srv: s, log: log}
+		replayer := &session{srv: s}
+		replayer.logPtr.Store(log)
 		events, rerr := replayer.replay(r.Context(), req.patterns, *req.since, req.epoch, epoch, watermark)
 		if rerr != nil {
 			log.Info("event stream cannot resume", "since", *req.since, "code", rerr.Code, "reason", rerr.Message)

@@ -45,7 +45,9 @@ type session struct {
 	conn   *websocket.Conn
 	client *hub.Client
 	id     string
-	log    *slog.Logger
+	// logPtr is the session's logger, with its client id and, once known,
+	// its token subject. Use logger().
+	logPtr atomic.Pointer[slog.Logger]
 
 	claims atomic.Pointer[auth.Claims] // nil until authenticated
 
@@ -111,7 +113,7 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 
 	sess := &session{srv: s, conn: conn, id: s.instance + randomID(16), lastPublish: closedChan(),
 		guard: newMessageGuard(s.cfg.MessageRate, s.cfg.MessageBurst)}
-	sess.log = s.log.With("client_id", sess.id)
+	sess.logPtr.Store(s.log.With("client_id", sess.id, "sub", subject))
 	if claims != nil {
 		// The expiry timer is armed once the hub client exists.
 		sess.claims.Store(claims)
@@ -140,7 +142,7 @@ func (s *Server) runSession(sess *session) {
 
 	sink := &wsSink{conn: sess.conn}
 	sess.client = s.hub.Register(sink, slog.String("client_id", sess.id), slog.String("sub", sess.subject()))
-	sess.log.Info("client connected", "sub", sess.subject())
+	sess.logger().Info("client connected")
 	if c := sess.claims.Load(); c != nil {
 		sess.setClaims(c)
 	}
@@ -155,7 +157,7 @@ func (s *Server) runSession(sess *session) {
 	if sess.claims.Load() == nil {
 		sess.authTimer = time.AfterFunc(s.cfg.AuthTimeout, func() {
 			if sess.claims.Load() == nil {
-				sess.log.Info("client did not authenticate in time", "timeout", s.cfg.AuthTimeout)
+				sess.logger().Info("client did not authenticate in time", "timeout", s.cfg.AuthTimeout)
 				sess.client.Close(int(closePolicy), "authentication timed out")
 			}
 		})
@@ -169,7 +171,7 @@ func (s *Server) runSession(sess *session) {
 			return nil
 		},
 		MaxInFlight: s.cfg.MaxInFlight,
-		Logger:      sess.log,
+		Logger:      sess.logger(),
 	})
 	sess.peer.SetPreparer(sess.prepareMessage)
 	s.sessions.add(sess)
@@ -182,7 +184,7 @@ func (s *Server) runSession(sess *session) {
 	cancel()
 	sess.peer.Wait()
 	<-sess.client.Done()
-	sess.log.Info("client disconnected", "sub", sess.subject(), "reason", reason)
+	sess.logger().Info("client disconnected", "reason", reason)
 }
 
 // readLoop reads messages until the connection ends and returns why.
@@ -315,14 +317,16 @@ func (s *Server) upgradeClaims(r *http.Request) (*auth.Claims, int, string) {
 // the token check, so a token accepted just after its exp is not closed at
 // once.
 func (sess *session) setClaims(c *auth.Claims) {
-	sess.claims.Store(c)
+	if old := sess.claims.Swap(c); old == nil || old.Subject != c.Subject {
+		sess.logPtr.Store(sess.srv.log.With("client_id", sess.id, "sub", c.Subject))
+	}
 	if c.Expires.IsZero() {
 		return
 	}
 
 	t := time.AfterFunc(time.Until(c.Expires)+sess.srv.verifier.Leeway(), func() {
 		if sess.claims.Load() == c {
-			sess.log.Info("token expired", "sub", c.Subject)
+			sess.logger().Info("token expired")
 			sess.client.Close(int(closePolicy), "token expired")
 		}
 	})
@@ -410,3 +414,8 @@ func (w *wsSink) Close(code int, reason string) error {
 }
 
 func (w *wsSink) CloseNow() error { return w.conn.CloseNow() }
+
+// logger returns the session's logger.
+func (sess *session) logger() *slog.Logger {
+	return sess.logPtr.Load()
+}
