@@ -60,7 +60,10 @@ func (s *Server) routes() http.Handler {
 	// CORS for the HTTP API, from the same allow-list as the websocket's
 	// origin check. The websocket checks origins itself at the upgrade.
 	e.Use(middleware.CORSWithConfig(middleware.CORSConfig{
-		Skipper:         func(c echo.Context) bool { return c.Request().URL.Path == "/v1/ws" },
+		Skipper: func(c echo.Context) bool {
+			p := c.Request().URL.Path
+			return p == "/v1/ws" || p == "/pubsub" || p == "/ws" || strings.HasPrefix(p, "/ws/")
+		},
 		AllowOriginFunc: s.corsOrigin,
 		AllowMethods:    []string{http.MethodGet, http.MethodPost, http.MethodOptions},
 		AllowHeaders:    []string{"Authorization", "Content-Type", "Idempotency-Key", "Last-Event-ID"},
@@ -76,6 +79,17 @@ func (s *Server) routes() http.Handler {
 	}
 	e.GET("/v1/ws", echo.WrapHandler(http.HandlerFunc(s.serveWS)))
 	e.GET("/v1/events", echo.WrapHandler(http.HandlerFunc(s.serveSSE)))
+
+	// The protocols of fastapi_websocket_pubsub and fastapi_websocket_rpc.
+	e.GET("/pubsub", echo.WrapHandler(http.HandlerFunc(s.servePubSub)))
+	e.GET("/ws", func(c echo.Context) error {
+		s.serveFastAPI(c.Response(), c.Request(), modeRPC, "")
+		return nil
+	})
+	e.GET("/ws/:client_id", func(c echo.Context) error {
+		s.serveFastAPI(c.Response(), c.Request(), modeRPC, c.Param("client_id"))
+		return nil
+	})
 
 	api := e.Group("/v1", s.requireAPIKey)
 	api.POST("/publish", s.publishHTTP)
