@@ -280,4 +280,3 @@ func statusOf(url string) int {
 	resp.Body.Close()
 	return resp.StatusCode
 }
-
