@@ -110,7 +110,7 @@ func Defaults() Config {
 		AuthTimeout:              10 * time.Second,
 		UnreadyAfter:             30 * time.Second,
 		DrainTimeout:             15 * time.Second,
-		DrainSpread:              10 * time.Second,
+		DrainSpread:              7 * time.Second,
 		QueueBytes:               4 << 20,
 		MaxQueueBytes:            256 << 20,
 		SlowGrace:                5 * time.Second,

@@ -136,6 +136,7 @@ func (s *Server) requireAPIKey(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		key, ok := strings.CutPrefix(c.Request().Header.Get("Authorization"), "Bearer ")
 		if !ok || !s.apiKeys.Valid(key) {
+			s.metrics.refused.WithLabelValues("api_key").Inc()
 			return apiError(c, http.StatusUnauthorized, "unauthorized", "missing or wrong API key: send Authorization: Bearer <key> with a key from --api-keys")
 		}
 		return next(c)

@@ -29,6 +29,9 @@ type metrics struct {
 	refused   *prometheus.CounterVec   // reason
 }
 
+// refusalReasons are the values of the refused counter's label.
+var refusalReasons = []string{"rate_limited", "connection_limit", "subject_limit", "draining", "not_ready", "origin", "token", "api_key", "too_large_for_client"}
+
 // Sources of events that reach the relay, as the eventsIn label.
 const (
 	sourceTrigger   = "trigger"   // row changes, topics db.*
@@ -65,9 +68,28 @@ func newMetrics(s *Server) *metrics {
 	}, []string{"direction", "outcome"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sidecar_refused_total",
-		Help: "Requests and connections refused, by reason: rate_limited, connection_limit, subject_limit, draining, not_ready, origin, token.",
+		Help: "Requests, connections and events refused, by reason: rate_limited, connection_limit, subject_limit, draining, not_ready, origin, token, api_key, too_large_for_client.",
 	}, []string{"reason"})
 	reg.MustRegister(m.eventsIn, m.publishes, m.delivery, m.rpcCalls, m.refused)
+
+	// Export every labelled series from the start, so that alerts and
+	// rate() see 0 before the first event instead of no series at all.
+	for _, source := range []string{sourceTrigger, sourcePublish, sourceBroadcast, sourceChannel} {
+		m.eventsIn.WithLabelValues(source)
+	}
+	for _, transport := range []string{transportHTTP, transportWebsocket} {
+		for _, outcome := range []string{outcomeOK, outcomeError} {
+			m.publishes.WithLabelValues(transport, outcome)
+		}
+	}
+	for _, direction := range []string{directionClientToApp, directionAppToClient} {
+		for _, outcome := range []string{outcomeOK, outcomeError, outcomeTimeout, outcomeNotFound} {
+			m.rpcCalls.WithLabelValues(direction, outcome)
+		}
+	}
+	for _, reason := range refusalReasons {
+		m.refused.WithLabelValues(reason)
+	}
 
 	hubStat := func(read func() float64) func() float64 { return read }
 	reg.MustRegister(

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgsidecar/sidecar/appcall"
@@ -98,6 +99,10 @@ func New(cfg Config) (*Server, error) {
 	s := &Server{cfg: cfg, log: cfg.Logger, instance: randomID(8)}
 	s.router.s = s
 	s.log = s.log.With("instance", s.instance)
+	if cfg.drainSpread() < cfg.DrainSpread {
+		s.log.Warn("--drain-spread is longer than half of --drain-timeout; a drain spreads its closes over half the timeout",
+			"drain_spread", cfg.DrainSpread, "drain_timeout", cfg.DrainTimeout, "used", cfg.drainSpread())
+	}
 
 	if len(cfg.JWTSecret) > 0 || cfg.JWTPublicKeyFile != "" || cfg.JWKSFile != "" {
 		leeway := cfg.JWTLeeway
@@ -375,7 +380,14 @@ func (s *Server) prepareDatabase(ctx context.Context) (int64, bool) {
 		if ctx.Err() != nil {
 			return 0, false
 		}
-		s.log.Warn("database not ready, retrying", "attempt", attempt, "retry_in", delay, "err", err)
+		var pgErr *pgconn.PgError
+		if !s.cfg.Migrate && errors.As(err, &pgErr) && pgErr.Code == "42P01" {
+			// undefined_table: the realtime schema is missing or old.
+			s.log.Warn("database not ready, retrying: the sidecar's tables are missing; run \"sidecar migrate up\" or start with --migrate=true",
+				"attempt", attempt, "retry_in", delay, "err", err)
+		} else {
+			s.log.Warn("database not ready, retrying", "attempt", attempt, "retry_in", delay, "err", err)
+		}
 		select {
 		case <-ctx.Done():
 			return 0, false

@@ -271,7 +271,7 @@ func TestCheckConfigPageFindsDrift(t *testing.T) {
 			edit: func(page string) string {
 				return editRow(t, page, "serve", "drain-spread", deleteRow)
 			},
-			want: "sidecar serve --drain-spread (environment \"SIDECAR_DRAIN_SPREAD\", default \"10s\") is missing",
+			want: "sidecar serve --drain-spread (environment \"SIDECAR_DRAIN_SPREAD\", default \"7s\") is missing",
 		},
 		{
 			name: "wrong default",
