@@ -33,6 +33,11 @@ type Config struct {
 	AnonymousPublish   []string
 	AllowedOrigins     []string
 	ListenChannels     []string
+	// FastAPIBackboneChannel, when set, is the Postgres channel on which
+	// Python servers of fastapi_websocket_pubsub broadcast (EventNotifier
+	// in their default setup). The sidecars deliver its messages to their
+	// clients and forward their own events to it.
+	FastAPIBackboneChannel string
 
 	// Application handles app.<name> calls in-process; it takes precedence
 	// over AppRPCURL. Programs that embed the server set it.

@@ -30,14 +30,16 @@ type metrics struct {
 }
 
 // refusalReasons are the values of the refused counter's label.
-var refusalReasons = []string{"rate_limited", "connection_limit", "subject_limit", "draining", "not_ready", "origin", "token", "api_key", "too_large_for_client"}
+var refusalReasons = []string{"rate_limited", "connection_limit", "subject_limit", "draining", "not_ready", "origin", "token", "api_key",
+	"too_large_for_client", "too_large_for_backbone", "backbone_full", "backbone_topic"}
 
 // Sources of events that reach the relay, as the eventsIn label.
 const (
-	sourceTrigger   = "trigger"   // row changes, topics db.*
-	sourcePublish   = "publish"   // durable events published by SQL or any instance's HTTP or websocket API
-	sourceBroadcast = "broadcast" // ephemeral events published the same ways
-	sourceChannel   = "channel"   // notifications of --listen-channels, topics pg.*
+	sourceTrigger   = "trigger"          // row changes, topics db.*
+	sourcePublish   = "publish"          // durable events published by SQL or any instance's HTTP or websocket API
+	sourceBroadcast = "broadcast"        // ephemeral events published the same ways
+	sourceChannel   = "channel"          // notifications of --listen-channels, topics pg.*
+	sourceBackbone  = "fastapi_backbone" // messages of Python servers on --fastapi-backbone-channel
 )
 
 // latencyBuckets spans a loopback delivery (under a millisecond) to a
@@ -50,7 +52,7 @@ func newMetrics(s *Server) *metrics {
 
 	m.eventsIn = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sidecar_events_in_total",
-		Help: "Events relayed from Postgres, by source: trigger (db.* row changes), publish (durable events from SQL or any instance's HTTP or websocket API), broadcast (ephemeral events) and channel (--listen-channels).",
+		Help: "Events relayed from Postgres, by source: trigger (db.* row changes), publish (durable events from SQL or any instance's HTTP or websocket API), broadcast (ephemeral events), channel (--listen-channels) and fastapi_backbone (Python servers' messages).",
 	}, []string{"source"})
 	m.publishes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sidecar_publishes_total",
@@ -68,13 +70,13 @@ func newMetrics(s *Server) *metrics {
 	}, []string{"direction", "outcome"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sidecar_refused_total",
-		Help: "Requests, connections and events refused, by reason: rate_limited, connection_limit, subject_limit, draining, not_ready, origin, token, api_key, too_large_for_client.",
+		Help: "Requests, connections and events refused, by reason: rate_limited, connection_limit, subject_limit, draining, not_ready, origin, token, api_key, too_large_for_client, too_large_for_backbone, backbone_full, backbone_topic.",
 	}, []string{"reason"})
 	reg.MustRegister(m.eventsIn, m.publishes, m.delivery, m.rpcCalls, m.refused)
 
 	// Export every labelled series from the start, so that alerts and
 	// rate() see 0 before the first event instead of no series at all.
-	for _, source := range []string{sourceTrigger, sourcePublish, sourceBroadcast, sourceChannel} {
+	for _, source := range []string{sourceTrigger, sourcePublish, sourceBroadcast, sourceChannel, sourceBackbone} {
 		m.eventsIn.WithLabelValues(source)
 	}
 	for _, transport := range []string{transportHTTP, transportWebsocket} {
@@ -136,6 +138,9 @@ func newMetrics(s *Server) *metrics {
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_draining", Help: "1 once a shutdown has begun.",
 		}, func() float64 { return boolFloat(s.draining.Load()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "sidecar_fastapi_backbone_forwarder", Help: "1 while this instance forwards the fleet's events to the fastapi backbone.",
+		}, func() float64 { return boolFloat(s.backbone != nil && s.backbone.leader.Load()) }),
 		newPoolCollector(s),
 		collectors.NewGoCollector(),
 		collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}),

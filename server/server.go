@@ -9,6 +9,7 @@ import (
 	"math"
 	"net"
 	"net/http"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -67,6 +68,7 @@ type Server struct {
 	epochValue  atomic.Pointer[string]
 	notifyQueue atomic.Uint64 // float64 bits of pg_notification_queue_usage()
 	relay       atomic.Pointer[relay.Relay]
+	backbone    *backbone // nil without --fastapi-backbone-channel
 	metrics     *metrics
 	started     atomic.Bool // migrations applied and the first LISTEN is up
 	draining    atomic.Bool
@@ -174,6 +176,16 @@ func New(cfg Config) (*Server, error) {
 	}
 
 	channels := append([]string{store.Channel, RoutingChannel}, cfg.ListenChannels...)
+	if ch := cfg.FastAPIBackboneChannel; ch != "" {
+		if err := listen.ValidateChannel(ch); err != nil {
+			return nil, fmt.Errorf("--fastapi-backbone-channel: %w", err)
+		}
+		if slices.Contains(channels, ch) {
+			return nil, fmt.Errorf("--fastapi-backbone-channel %q is also a channel the sidecar listens to for another purpose: choose another", ch)
+		}
+		channels = append(channels, ch)
+		s.backbone = newBackbone(s, ch)
+	}
 	s.listener, err = listen.New(listen.Config{
 		Connect: func(ctx context.Context) (*pgx.Conn, error) {
 			return pgx.ConnectConfig(ctx, listenCfg.Copy())
@@ -309,16 +321,20 @@ func (s *Server) start(ctx context.Context) {
 		Store: s.store,
 		Open: func(channel, payload string) (string, bool) {
 			if channel != store.Channel && channel != RoutingChannel {
-				return payload, true // a --listen-channels channel: not signed
+				return payload, true // a --listen-channels or backbone channel: not signed
 			}
 			return s.openNotification(ctx, channel, payload)
 		},
 		Intercept: func(channel, payload string) bool {
-			if channel != RoutingChannel {
-				return false
+			switch {
+			case channel == RoutingChannel:
+				s.router.handle(ctx, payload)
+				return true
+			case s.backbone != nil && channel == s.backbone.channel:
+				s.backbone.receive(payload)
+				return true
 			}
-			s.router.handle(ctx, payload)
-			return true
+			return false
 		},
 		Probe: func(token string) {
 			select {
@@ -330,7 +346,11 @@ func (s *Server) start(ctx context.Context) {
 		Deliver: func(ev store.Event) {
 			s.metrics.eventsIn.WithLabelValues(eventSource(ev)).Inc()
 			published, _ := time.Parse(store.TimeLayout, ev.TS)
-			s.hub.Publish(hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS, Published: published})
+			hev := hub.Event{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS, Published: published}
+			s.hub.Publish(hev)
+			if s.backbone != nil {
+				s.backbone.offer(hev)
+			}
 		},
 		NewIDSpace: func(lastBefore int64) {
 			s.hub.SetWatermark(lastBefore)
@@ -353,6 +373,9 @@ func (s *Server) start(ctx context.Context) {
 		}
 	})
 	wg.Go(func() { s.retain(ctx) })
+	if s.backbone != nil {
+		wg.Go(func() { s.backbone.run(ctx) })
+	}
 
 	wg.Go(func() { s.watchNotifyQueue(ctx) })
 	wg.Go(func() { s.router.heartbeat(ctx) })
