@@ -1,8 +1,12 @@
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
+	"io"
+	"maps"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -29,31 +33,135 @@ func (f *envFlags) bind(name, env string) {
 }
 
 // parse parses args, then fills every flag not given from its variable.
-// Like flag.FlagSet.Parse, it writes a failure to the flag set's output
-// before returning it.
+// For -h or -help it writes the full usage to the flag set's output and
+// returns flag.ErrHelp. It writes nothing else. The error for an invalid
+// value names the flag or variable, the value, shown as (secret) for a
+// secret, and the form expected. A mistake in args is a commandLineError.
 func (f *envFlags) parse(args []string, getenv func(string) string) error {
-	if err := f.fs.Parse(args); err != nil {
+	if err := f.parseArgs(args); err != nil {
 		return err
 	}
 	given := map[string]bool{}
 	f.fs.Visit(func(fl *flag.Flag) { given[fl.Name] = true })
 
-	for name, env := range f.env {
+	for _, name := range slices.Sorted(maps.Keys(f.env)) {
+		env := f.env[name]
 		v := getenv(env)
 		if given[name] || v == "" {
 			continue
 		}
 		if err := f.fs.Set(name, v); err != nil {
-			quoted := strconv.Quote(v)
-			if isSecret(f.fs.Lookup(name)) {
-				quoted = "(secret)"
-			}
-			err = fmt.Errorf("invalid value %s for environment variable %s: %w", quoted, env, err)
-			fmt.Fprintln(f.fs.Output(), err)
-			return err
+			return invalidValueError(f.fs.Lookup(name).Value, v, "environment variable "+env, err)
 		}
 	}
 	return nil
+}
+
+// parseArgs parses args with the flag set. flag.FlagSet.Parse reports an
+// invalid value as "parse error" and then prints the whole usage. So while
+// it runs, its output is discarded, its usage does nothing, and each
+// flag's Value is wrapped to keep the first failure with its flag. The
+// original values are back in place when parseArgs returns.
+func (f *envFlags) parseArgs(args []string) error {
+	output, usage := f.fs.Output(), f.fs.Usage
+	values := map[string]flag.Value{}
+	var invalid error
+	f.fs.VisitAll(func(fl *flag.Flag) {
+		values[fl.Name] = fl.Value
+		fl.Value = checkedValue{Value: fl.Value, name: fl.Name, invalid: &invalid}
+	})
+	f.fs.SetOutput(io.Discard)
+	f.fs.Usage = func() {}
+
+	err := f.fs.Parse(args)
+
+	f.fs.VisitAll(func(fl *flag.Flag) { fl.Value = values[fl.Name] })
+	f.fs.SetOutput(output)
+	f.fs.Usage = usage
+
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, flag.ErrHelp):
+		f.fs.Usage()
+		return err
+	case invalid != nil:
+		return commandLineError{invalid}
+	}
+	return commandLineError{err}
+}
+
+// checkedValue is a flag's Value while parseArgs runs. Set stores the
+// first failure in invalid, with the flag's name and the expected form.
+type checkedValue struct {
+	flag.Value
+	name    string
+	invalid *error
+}
+
+func (v checkedValue) Set(s string) error {
+	err := v.Value.Set(s)
+	if err != nil && *v.invalid == nil {
+		*v.invalid = invalidValueError(v.Value, s, "--"+v.name, err)
+	}
+	return err
+}
+
+// IsBoolFlag reports whether the wrapped Value is a boolean flag, which
+// flag.FlagSet.Parse lets stand without a value.
+func (v checkedValue) IsBoolFlag() bool {
+	b, ok := v.Value.(interface{ IsBoolFlag() bool })
+	return ok && b.IsBoolFlag()
+}
+
+// commandLineError is a mistake in a command's arguments, such as an
+// unknown flag or an invalid flag value. The command's -h output lists the
+// flags that it takes.
+type commandLineError struct{ err error }
+
+func (e commandLineError) Error() string { return e.err.Error() }
+func (e commandLineError) Unwrap() error { return e.err }
+
+// invalidValueError returns the error for value, which v's Set rejected
+// with err, given as source (a flag such as --drain-timeout or an
+// environment variable). A secret's value is shown as (secret).
+func invalidValueError(v flag.Value, value, source string, err error) error {
+	quoted := strconv.Quote(value)
+	if isSecretValue(v) {
+		quoted = "(secret)"
+	}
+
+	form := expectedForm(v)
+	if form == "" {
+		return fmt.Errorf("invalid value %s for %s: %w", quoted, source, err)
+	}
+	// The flag package's own values fail with the bare message
+	// "parse error", which the expected form replaces. Other messages,
+	// such as "value out of range", say more and are kept.
+	if reason := err.Error(); reason != "parse error" {
+		return fmt.Errorf("invalid value %s for %s: %s, expected %s", quoted, source, reason, form)
+	}
+	return fmt.Errorf("invalid value %s for %s: expected %s", quoted, source, form)
+}
+
+// expectedForm describes the values that v accepts, by the type of value
+// that v holds, or returns "" for other types of value.
+func expectedForm(v flag.Value) string {
+	getter, ok := v.(flag.Getter)
+	if !ok {
+		return ""
+	}
+	switch getter.Get().(type) {
+	case time.Duration:
+		return "a duration such as 15s or 2m"
+	case int, int64, uint, uint64:
+		return "a whole number"
+	case float64:
+		return "a number such as 20 or 0.5"
+	case bool:
+		return "true or false"
+	}
+	return ""
 }
 
 // listValue is a comma-separated list flag.
@@ -95,8 +203,11 @@ func (s secretString) Set(v string) error {
 }
 
 // isSecret reports whether the value of fl is a secret, which is never printed.
-func isSecret(fl *flag.Flag) bool {
-	switch fl.Value.(type) {
+func isSecret(fl *flag.Flag) bool { return isSecretValue(fl.Value) }
+
+// isSecretValue reports whether v is a secret, which is never printed.
+func isSecretValue(v flag.Value) bool {
+	switch v.(type) {
 	case secretValue, secretString:
 		return true
 	}
