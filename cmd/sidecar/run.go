@@ -70,17 +70,24 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	return exitError(2)
 }
 
-// parseFlags parses a command's flags; -h prints help and ends with 0.
+// parseFlags parses a command's flags. -h prints the usage and ends with 0.
+// A failure prints one line prefixed "sidecar:", followed by a pointer to
+// -h when the command line was wrong, and ends with 2.
 func parseFlags(f *envFlags, args []string, getenv func(string) string, stderr io.Writer) error {
 	f.fs.SetOutput(stderr)
 	err := f.parse(args, getenv)
+	if err == nil {
+		return nil
+	}
 	if errors.Is(err, flag.ErrHelp) {
 		return exitError(0)
 	}
-	if err != nil {
-		return exitError(2)
+
+	fmt.Fprintln(stderr, "sidecar:", err)
+	if errors.As(err, new(commandLineError)) {
+		fmt.Fprintf(stderr, "run %q to list the flags\n", f.fs.Name()+" -h")
 	}
-	return nil
+	return exitError(2)
 }
 
 func newLogger(w io.Writer, format, level string) (*slog.Logger, error) {
