@@ -207,7 +207,7 @@ func runPub(ctx context.Context, args []string, getenv func(string) string, stdo
 	}
 	base, key, ephemeral := *flags.url, *flags.apiKey, *flags.ephemeral
 	if key == "" {
-		key, _, _ = strings.Cut(getenv("SIDECAR_API_KEYS"), ",")
+		key = firstListItem(getenv("SIDECAR_API_KEYS"))
 	}
 	if f.fs.NArg() != 2 {
 		fmt.Fprintln(stderr, "usage: sidecar pub [flags] TOPIC JSON")
@@ -216,6 +216,11 @@ func runPub(ctx context.Context, args []string, getenv func(string) string, stdo
 	topicName, data := f.fs.Arg(0), f.fs.Arg(1)
 	if !json.Valid([]byte(data)) {
 		return fmt.Errorf("data %q is not valid JSON: quote strings, for example '\"hello\"'", data)
+	}
+	// Without a key the sidecar rejects the request with 401, whose
+	// message is about the server's --api-keys, so the request is not sent.
+	if key == "" {
+		return errors.New("--api-key (SIDECAR_API_KEY) is not set, and neither is SIDECAR_API_KEYS: give one of the keys that the sidecar's --api-keys lists")
 	}
 
 	body, _ := json.Marshal(map[string]any{"topic": topicName, "data": json.RawMessage(data), "durable": !ephemeral})
@@ -351,6 +356,17 @@ func printEvents(ctx context.Context, stream *client.Stream, stdout, stderr io.W
 			}
 		}
 	}
+}
+
+// firstListItem returns the first non-empty item of a comma-separated
+// list, trimmed as listValue trims it, or "" when there is none.
+func firstListItem(list string) string {
+	for item := range strings.SplitSeq(list, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			return item
+		}
+	}
+	return ""
 }
 
 // lockedWriter serializes writes to w.
