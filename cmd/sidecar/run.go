@@ -399,14 +399,12 @@ func runHealth(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		fmt.Fprintln(stderr, "not ready:", err)
-		return exitError(1)
+		return fmt.Errorf("not ready: %w", err)
 	}
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if resp.StatusCode != http.StatusOK {
-		fmt.Fprintf(stderr, "not ready: %s %s\n", resp.Status, bytes.TrimSpace(body))
-		return exitError(1)
+		return fmt.Errorf("not ready: %s %s", resp.Status, bytes.TrimSpace(body))
 	}
 	fmt.Fprintln(stdout, "ready")
 	return nil

@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -52,6 +53,59 @@ func TestPubUsesFirstOfAPIKeys(t *testing.T) {
 		t.Errorf("Authorization = %q, want %q", got, want)
 	}
 	if got, want := stdout.String(), "{\"id\":1}\n"; got != want {
+		t.Errorf("stdout = %q, want %q", got, want)
+	}
+}
+
+// The failures of sidecar health are errors, not exit codes, so that main
+// prints them with the "sidecar:" prefix as it does for other commands.
+func TestHealthNotReady(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Error(w, `{"ready":false}`, http.StatusServiceUnavailable)
+	}))
+	defer srv.Close()
+
+	err := run(t.Context(), []string{"health", srv.URL}, nil, io.Discard, io.Discard)
+	if want := `not ready: 503 Service Unavailable {"ready":false}`; err == nil || err.Error() != want {
+		t.Errorf("sidecar health = %v, want %q", err, want)
+	}
+	if errors.As(err, new(exitError)) {
+		t.Errorf("sidecar health = %v, want an error message for main to print", err)
+	}
+}
+
+func TestHealthUnreachable(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	url := "http://" + ln.Addr().String()
+	ln.Close()
+
+	err = run(t.Context(), []string{"health", url}, nil, io.Discard, io.Discard)
+	if err == nil || !strings.HasPrefix(err.Error(), "not ready: ") {
+		t.Errorf("sidecar health %s = %v, want an error starting with \"not ready: \"", url, err)
+	}
+	if errors.As(err, new(exitError)) {
+		t.Errorf("sidecar health = %v, want an error message for main to print", err)
+	}
+}
+
+func TestHealthReady(t *testing.T) {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path != "/readyz" {
+			http.NotFound(w, r)
+			return
+		}
+		_, _ = io.WriteString(w, `{"ready":true}`)
+	}))
+	defer srv.Close()
+
+	var stdout strings.Builder
+	if err := run(t.Context(), []string{"health", srv.URL}, nil, &stdout, io.Discard); err != nil {
+		t.Fatalf("sidecar health: %v", err)
+	}
+	if got, want := stdout.String(), "ready\n"; got != want {
 		t.Errorf("stdout = %q, want %q", got, want)
 	}
 }
