@@ -452,3 +452,29 @@ func TestFastAPIRefusesMissingToken(t *testing.T) {
 		t.Errorf("dial /pubsub without a token: err %v, response %v, want 401", err, resp)
 	}
 }
+
+// A publish too large for their clients is refused in band, and an event
+// from another source that is too large for them is not sent, and counted.
+func TestFastAPIRefusesWhatTheirClientCannotTake(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db)
+	c := dialPy(t, sc, "/pubsub", pyToken(t, "py-big"))
+	c.call("subscribe", `{"topics": ["big"]}`, "s1")
+	c.response("s1", nil)
+
+	big := strings.Repeat("x", 1_050_000)
+	c.call("publish", `{"topics": ["big"], "data": "`+big+`", "notifier_id": "x"}`, "u1")
+	if f := c.response("u1", nil); string(f.Response.Result) != "false" || f.Response.Error == nil {
+		t.Errorf("publish of %d bytes = %.200s, want false with an error member", len(big), f.raw)
+	}
+
+	pg := connect(t, db)
+	exec(t, pg, `SELECT realtime.publish('big', to_jsonb(repeat('y', 1048400)))`)
+	exec(t, pg, `SELECT realtime.publish('big', '"after"')`)
+	if a := notifyOf(t, c.nextNotify()); string(a.Data) != `"after"` {
+		t.Errorf("first notify = %.100s, want the small event: the large one does not fit their client", a.Data)
+	}
+	waitFor(t, "the large event to be counted", func() bool {
+		return scrape(t, sc.base+"/metrics", "")[`sidecar_refused_total{reason="too_large_for_client"}`] >= 1
+	})
+}
