@@ -36,11 +36,33 @@ type Claims struct {
 // CanSubscribe reports whether the claims allow a subscription to p: every
 // topic p can match must be matched by some subscribe pattern. So
 // "orders.>" allows "orders.*", but "orders.*" does not allow "orders.>".
+//
+// A pattern presence.<q> is also allowed when the presence patterns allow
+// q, so that a client allowed presence on a topic can follow its join and
+// leave events.
 func (c *Claims) CanSubscribe(p topic.Pattern) bool {
 	if c == nil {
 		return false
 	}
-	return c.Subscribe.Allows(p)
+	if c.Subscribe.Allows(p) {
+		return true
+	}
+	if rest, ok := strings.CutPrefix(p.String(), "presence."); ok {
+		if q, err := topic.Parse(rest); err == nil {
+			return c.Presence.Allows(q)
+		}
+	}
+	return false
+}
+
+// CanPresence reports whether the claims allow joining, leaving, listing
+// and counting the presence of topic t, a concrete topic matched by some
+// presence pattern.
+func (c *Claims) CanPresence(t string) bool {
+	if c == nil || topic.Validate(t) != nil {
+		return false
+	}
+	return c.Presence.AllowsTopic(t)
 }
 
 // CanPublish reports whether the claims allow publishing to topic t. It is

@@ -95,6 +95,9 @@ func (s *Server) routes() http.Handler {
 	api.POST("/publish", s.publishHTTP)
 	api.POST("/clients/:client_id/call", s.callClientHTTP)
 	api.POST("/subjects/call", s.callSubjectHTTP)
+	api.GET("/presence", s.presenceHTTP)
+	api.GET("/presence/stats", s.presenceStatsHTTP)
+	api.GET("/history", s.historyHTTP)
 
 	e.HTTPErrorHandler = func(err error, c echo.Context) {
 		if c.Response().Committed {

@@ -97,6 +97,10 @@ func (sess *session) prepare(m rpc.Message) (call, *rpc.Error) {
 		return sess.prepareUnsubscribe(m.Params)
 	case "publish":
 		return sess.preparePublish(m.Params)
+	case "presence.join", "presence.leave", "presence.list", "presence.stats":
+		return sess.preparePresence(m)
+	case "history":
+		return sess.prepareHistory(m.Params)
 	case "auth":
 		return sess.prepareAuth(m.Params)
 	}

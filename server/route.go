@@ -286,10 +286,12 @@ func (r *router) heartbeat(ctx context.Context) {
 		}
 		_, _ = r.s.pool.Exec(ctx, `DELETE FROM realtime.rpc_messages WHERE created_at < now() - interval '5 minutes'`)
 		_, _ = r.s.pool.Exec(ctx, `DELETE FROM realtime.instances WHERE seen_at < now() - interval '1 hour'`)
+		r.s.sweepPresence(ctx)
 
 		select {
 		case <-ctx.Done():
 			cleanup, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
+			r.s.leaveInstance(cleanup)
 			_, _ = r.s.pool.Exec(cleanup, "DELETE FROM realtime.instances WHERE id = $1", r.s.instance)
 			cancel()
 			return

@@ -72,6 +72,9 @@ type session struct {
 	// the client's responses to them.
 	peer *rpc.Peer
 
+	// presence lists the topics the client joined.
+	presence joinedTopics
+
 	authTimer   *time.Timer
 	expiryTimer atomic.Pointer[time.Timer]
 }
@@ -177,6 +180,7 @@ func (s *Server) runSession(sess *session) {
 	s.sessions.add(sess)
 	s.sessions.setSubject(sess, sess.subject())
 	reason := sess.readLoop(ctx)
+	sess.leaveAll(ctx)
 	s.sessions.remove(sess)
 	sess.peer.Close(errClientGone)
 	s.conns.releaseSubject(sess.lateSubject)

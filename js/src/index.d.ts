@@ -152,6 +152,16 @@ export declare class SidecarClient {
 
   /** Calls app.<name> on the application; rejects with a SidecarError. */
   call<R = unknown>(method: string, params?: unknown, options?: { timeout?: number }): Promise<R>;
+  /** Marks this connection present on topic, with optional public info; it leaves when the connection closes. */
+  joinPresence(topic: string, info?: unknown, options?: { timeout?: number }): Promise<unknown>;
+  /** Removes this connection from topic; resolves to whether it was present. */
+  leavePresence(topic: string, options?: { timeout?: number }): Promise<boolean>;
+  /** Lists every client present on topic, on any instance. */
+  presence(topic: string, options?: { timeout?: number }): Promise<PresenceMember[]>;
+  /** Counts the clients and distinct subjects present on topic. */
+  presenceStats(topic: string, options?: { timeout?: number }): Promise<{ clients: number; subjects: number }>;
+  /** Reads one topic's durable events, newest first; nextBefore is 0 on the last page. */
+  history(topic: string, options?: { limit?: number; before?: number; timeout?: number }): Promise<{ events: HistoryEvent[]; nextBefore: number }>;
 
   /**
    * Registers handler for the application's calls of method name to this
@@ -171,3 +181,19 @@ export declare function reconnectDelay(backoff: Required<BackoffOptions>, attemp
 
 /** Derives the event stream URL from the websocket URL. */
 export declare function deriveSSEUrl(wsUrl: string): string;
+
+/** One client present on a topic. */
+export interface PresenceMember {
+  client_id: string;
+  sub: string;
+  info?: unknown;
+  joined_at: string;
+}
+
+/** One durable event of history. */
+export interface HistoryEvent {
+  topic: string;
+  data: unknown;
+  id: number;
+  ts: string;
+}

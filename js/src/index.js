@@ -223,6 +223,40 @@ export class SidecarClient extends Emitter {
     return this.request(method, params, options.timeout ?? DEFAULT_CALL_TIMEOUT_MS);
   }
 
+  /** Marks this connection present on topic, with optional public info; it leaves when the connection closes. */
+  joinPresence(topic, info, options = {}) {
+    const params = info === undefined ? { topic } : { topic, info };
+    return this.call('presence.join', params, options);
+  }
+
+  /** Removes this connection from topic; resolves to whether it was present. */
+  async leavePresence(topic, options = {}) {
+    const r = await this.call('presence.leave', { topic }, options);
+    return Boolean(r && r.left);
+  }
+
+  /** Lists every client present on topic, on any instance: [{client_id, sub, info, joined_at}]. */
+  async presence(topic, options = {}) {
+    const r = await this.call('presence.list', { topic }, options);
+    return r.members;
+  }
+
+  /** Counts the clients and distinct subjects present on topic: {clients, subjects}. */
+  async presenceStats(topic, options = {}) {
+    const r = await this.call('presence.stats', { topic }, options);
+    return { clients: r.clients, subjects: r.subjects };
+  }
+
+  /**
+   * Reads one topic's durable events, newest first: {events, nextBefore},
+   * where nextBefore is the before of the next, older page, or 0.
+   */
+  async history(topic, { limit = 50, before, timeout } = {}) {
+    const params = before ? { topic, limit, before } : { topic, limit };
+    const r = await this.call('history', params, { timeout });
+    return { events: r.events, nextBefore: r.next_before };
+  }
+
   /**
    * Registers the handler of the requests named name that the application
    * sends to this client (POST /v1/clients/{id}/call). The handler's return
