@@ -333,3 +333,33 @@ test('token refresh with auth keeps the connection past the first exp', opts, as
   assert.equal(typeof published.id, 'number');
   assert.deepEqual(states.items.map((s) => s.state), ['connecting', 'open'], 'the connection never closed');
 });
+
+test('presence and history through the client', opts, async (t) => {
+  const room = uniqueTopic('room');
+  const token = (sub) => signToken(sub, { subscribe: ['>'], publish: ['>'], presence: [room] });
+  const alice = newClient(t, { token: token('alice') });
+  const bob = newClient(t, { token: token('bob') });
+  await Promise.all([once(alice, 'welcome'), once(bob, 'welcome')]);
+
+  const joins = new Collector();
+  await subscribed(bob, `presence.${room}`, joins.push);
+  await alice.joinPresence(room, { color: 'red' });
+  await bob.joinPresence(room);
+  await joins.count(2);
+  assert.deepEqual(joins.items.map((e) => e.data.event), ['join', 'join']);
+
+  const members = await bob.presence(room);
+  assert.deepEqual(members.map((m) => m.sub).sort(), ['alice', 'bob']);
+  assert.deepEqual(members.find((m) => m.sub === 'alice').info, { color: 'red' });
+  assert.deepEqual(await alice.presenceStats(room), { clients: 2, subjects: 2 });
+  assert.equal(await alice.leavePresence(room), true);
+  assert.equal(await alice.leavePresence(room), false);
+
+  const topic = uniqueTopic('hist');
+  for (let i = 0; i < 3; i++) await publishSQL(topic, { n: i });
+  const first = await alice.history(topic, { limit: 2 });
+  assert.deepEqual(first.events.map((e) => e.data.n), [2, 1]);
+  const rest = await alice.history(topic, { limit: 2, before: first.nextBefore });
+  assert.deepEqual(rest.events.map((e) => e.data.n), [0]);
+  assert.equal(rest.nextBefore, 0);
+});
