@@ -209,9 +209,13 @@ func EncodeResponse(callID string, result json.RawMessage, resultType string, e 
 	return append(b, `}}`...)
 }
 
+// appendString appends s as a JSON string without HTML escaping.
 func appendString(b []byte, s string) []byte {
-	enc, _ := json.Marshal(s)
-	return append(b, enc...)
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(s)
+	return append(b, bytes.TrimRight(buf.Bytes(), "\n")...)
 }
 
 // ResultType returns the Python type name that their servers put in
@@ -237,6 +241,42 @@ func ResultType(raw json.RawMessage) string {
 	default:
 		return "int"
 	}
+}
+
+// EncodeNotification encodes the arguments of notify for an event on topic
+// with data, which is copied unchanged: encoding/json would escape <, >
+// and & inside it, six bytes each, and a payload that fits the client's
+// limit could then exceed it.
+func EncodeNotification(subscriptionID, subscriberID, topic string, data json.RawMessage) json.RawMessage {
+	if len(data) == 0 {
+		data = null
+	}
+	b := make([]byte, 0, 128+len(subscriptionID)+len(subscriberID)+len(topic)+len(data))
+	b = append(b, `{"subscription":{"id":`...)
+	b = appendString(b, subscriptionID)
+	b = append(b, `,"subscriber_id":`...)
+	b = appendString(b, subscriberID)
+	b = append(b, `,"topic":`...)
+	b = appendString(b, topic)
+	b = append(b, `,"notifier_id":null},"data":`...)
+	b = append(b, data...)
+	return append(b, '}')
+}
+
+// EncodeBackbone encodes a message of their broadcast channel for one
+// topic, with data copied unchanged.
+func EncodeBackbone(notifierID, topic string, data json.RawMessage) []byte {
+	if len(data) == 0 {
+		data = null
+	}
+	b := make([]byte, 0, 64+len(notifierID)+len(topic)+len(data))
+	b = append(b, `{"notifier_id":`...)
+	b = appendString(b, notifierID)
+	b = append(b, `,"topics":[`...)
+	b = appendString(b, topic)
+	b = append(b, `],"data":`...)
+	b = append(b, data...)
+	return append(b, '}')
 }
 
 // Notification is the arguments of the notify call that delivers an event

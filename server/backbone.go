@@ -64,6 +64,7 @@ func (b *backbone) receive(payload string) {
 	s := b.s
 	var m fastapiws.BackboneMessage
 	if err := json.Unmarshal([]byte(payload), &m); err != nil {
+		b.s.metrics.refused.WithLabelValues("backbone_invalid").Inc()
 		b.warn("ignored a message on the fastapi backbone that is not of their format", "err", err)
 		return
 	}
@@ -79,6 +80,11 @@ func (b *backbone) receive(payload string) {
 		if err := topic.Validate(t); err != nil {
 			s.metrics.refused.WithLabelValues("backbone_topic").Inc()
 			b.warn("ignored a topic of the fastapi backbone that the sidecar cannot deliver", "topic", t, "err", err)
+			continue
+		}
+		if t == fastapiws.AllTopics {
+			s.metrics.refused.WithLabelValues("backbone_topic").Inc()
+			b.warn("ignored the all-topics string as the topic of a backbone message")
 			continue
 		}
 		if topic.IsReserved(t) {
@@ -173,10 +179,7 @@ func (b *backbone) send(ctx context.Context, pool *pgxpool.Pool, ev hub.Event) {
 	if len(data) == 0 {
 		data = json.RawMessage("null")
 	}
-	msg, err := json.Marshal(fastapiws.BackboneMessage{NotifierID: fleetNotifierID, Topics: []string{ev.Topic}, Data: data})
-	if err != nil {
-		return
-	}
+	msg := fastapiws.EncodeBackbone(fleetNotifierID, ev.Topic, data)
 	if len(msg) > maxBackboneMessage {
 		b.s.metrics.refused.WithLabelValues("too_large_for_backbone").Inc()
 		b.warn("an event is too large for the fastapi backbone (NOTIFY takes under 8000 bytes); Python servers do not get it", "topic", ev.Topic, "bytes", len(msg))

@@ -85,6 +85,8 @@ func (s *Server) callClientHTTP(c echo.Context) error {
 	}
 
 	switch {
+	case errors.Is(err, errKeywordArgsOnly):
+		return apiError(c, http.StatusBadRequest, "invalid_params", fmt.Sprintf("client %s speaks the fastapi protocol, which takes keyword arguments only: give params as a JSON object", id))
 	case errors.Is(err, errClientTimeout):
 		return apiError(c, http.StatusGatewayTimeout, "timeout", fmt.Sprintf("client %s did not respond to %s within %s", id, *req.Method, timeout))
 	case errors.Is(err, errClientGone):

@@ -49,6 +49,10 @@ const (
 	notifyCallPrefix = "sn-"
 )
 
+// errKeywordArgsOnly rejects an application's call of a fastapi client
+// with positional params.
+var errKeywordArgsOnly = errors.New("fastapi clients take keyword arguments only: give params as a JSON object")
+
 // fastapiSession is one connection of a fastapi client.
 type fastapiSession struct {
 	sess  *session
@@ -245,7 +249,7 @@ func (fs *fastapiSession) sendPeerMessage(msg []byte) error {
 	}
 	args := m.Params
 	if len(args) > 0 && bytes.TrimSpace(args)[0] != '{' {
-		return errors.New("fastapi clients take keyword arguments only: give params as a JSON object")
+		return errKeywordArgsOnly
 	}
 	if !fs.sess.client.Send(fastapiws.EncodeRequest(m.Method, args, peerCallPrefix+string(m.ID))) {
 		return errClientGone
@@ -387,19 +391,24 @@ func (fs *fastapiSession) subscribe(args json.RawMessage) (bool, *fastapiws.Erro
 	sess := fs.sess
 	claims := sess.claims.Load()
 
-	var problems []string
-	for _, t := range topics {
+	// Every topic is checked before any is subscribed, so a false result
+	// leaves the subscriptions as they were.
+	patterns := make([]topic.Pattern, len(topics))
+	for i, t := range topics {
 		pattern, err := fastapiPattern(t)
 		if err != nil {
 			sess.logger().Info("fastapi subscribe rejected a topic", "topic", t, "err", err)
-			problems = append(problems, err.Error())
-			continue
+			return false, &fastapiws.Error{Code: rpc.CodeInvalidParams, Message: err.Error()}
 		}
 		if !claims.CanSubscribe(pattern) {
-			problems = append(problems, fmt.Sprintf("subscribing to %q is not allowed by your token", t))
-			continue
+			return false, &fastapiws.Error{Code: rpc.CodeForbidden, Message: fmt.Sprintf("subscribing to %q is not allowed by your token", t)}
 		}
+		patterns[i] = pattern
+	}
 
+	var problems []string
+	for i, t := range topics {
+		pattern := patterns[i]
 		fs.mu.Lock()
 		_, dup := fs.subs[t]
 		full := len(fs.subs) >= sess.srv.cfg.MaxSubscriptions
@@ -420,7 +429,7 @@ func (fs *fastapiSession) subscribe(args json.RawMessage) (bool, *fastapiws.Erro
 		sub.Start(nil)
 	}
 	if len(problems) > 0 {
-		return false, &fastapiws.Error{Code: rpc.CodeInvalidParams, Message: strings.Join(problems, "; ")}
+		return false, &fastapiws.Error{Code: rpc.CodeRateLimited, Message: strings.Join(problems, "; ")}
 	}
 	return true, nil
 }
@@ -431,7 +440,7 @@ func fastapiPattern(t string) (topic.Pattern, error) {
 	if t == fastapiws.AllTopics {
 		return topic.MustParse(">"), nil
 	}
-	if err := topic.Validate(t); err != nil {
+	if err := validLiteralTopic(t); err != nil {
 		return topic.Pattern{}, err
 	}
 	return topic.Parse(t)
@@ -496,7 +505,10 @@ func (fs *fastapiSession) publish(ctx context.Context, args json.RawMessage) (bo
 	claims := sess.claims.Load()
 	pubs := make([]store.Publication, 0, len(topics))
 	for _, t := range topics {
-		if err := topic.Validate(t); err != nil {
+		if t == fastapiws.AllTopics {
+			return false, &fastapiws.Error{Code: rpc.CodeInvalidParams, Message: "the all-topics string can be subscribed to, not published to: name the topic"}
+		}
+		if err := validLiteralTopic(t); err != nil {
 			sess.logger().Info("fastapi publish rejected a topic", "topic", t, "err", err)
 			return false, &fastapiws.Error{Code: rpc.CodeInvalidParams, Message: err.Error()}
 		}
@@ -567,6 +579,16 @@ func (fs *fastapiSession) isOwn(id int64, closed <-chan struct{}) bool {
 			return false
 		}
 	}
+}
+
+// validLiteralTopic checks t as one concrete topic, with a message for
+// wildcards that fits subscriptions as well as publishes.
+func validLiteralTopic(t string) error {
+	err := topic.Validate(t)
+	if errors.Is(err, topic.ErrWildcard) {
+		return fmt.Errorf("topic %q has a * or > segment, which the sidecar reads as a wildcard: these topics are literal, so use other characters", t)
+	}
+	return err
 }
 
 // maxOwnIDs bounds the ids of events that a connection published for
@@ -673,17 +695,7 @@ func (s *fastapiSink) notifyFrame(msg []byte) ([]byte, bool) {
 		return nil, false
 	}
 
-	args, err := json.Marshal(fastapiws.Notification{
-		Subscription: fastapiws.NotifySubscription{
-			ID:           fs.sess.id + "-" + p.Subscription,
-			SubscriberID: fs.sess.id,
-			Topic:        p.Topic,
-		},
-		Data: orNull(p.Data),
-	})
-	if err != nil {
-		return nil, false
-	}
+	args := fastapiws.EncodeNotification(fs.sess.id+"-"+p.Subscription, fs.sess.id, p.Topic, p.Data)
 	frame := fastapiws.EncodeRequest("notify", args, notifyCallPrefix+strconv.FormatUint(fs.notifySeq.Add(1), 10))
 	if len(frame) > fastapiws.MaxClientMessage {
 		n := s.tooLarge.Add(1)

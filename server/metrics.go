@@ -31,7 +31,7 @@ type metrics struct {
 
 // refusalReasons are the values of the refused counter's label.
 var refusalReasons = []string{"rate_limited", "connection_limit", "subject_limit", "draining", "not_ready", "origin", "token", "api_key",
-	"too_large_for_client", "too_large_for_backbone", "backbone_full", "backbone_topic"}
+	"too_large_for_client", "too_large_for_backbone", "backbone_full", "backbone_topic", "backbone_invalid"}
 
 // Sources of events that reach the relay, as the eventsIn label.
 const (
@@ -70,7 +70,7 @@ func newMetrics(s *Server) *metrics {
 	}, []string{"direction", "outcome"})
 	m.refused = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "sidecar_refused_total",
-		Help: "Requests, connections and events refused, by reason: rate_limited, connection_limit, subject_limit, draining, not_ready, origin, token, api_key, too_large_for_client, too_large_for_backbone, backbone_full, backbone_topic.",
+		Help: "Requests, connections and events refused, by reason: rate_limited, connection_limit, subject_limit, draining, not_ready, origin, token, api_key, too_large_for_client, too_large_for_backbone, backbone_full, backbone_topic, backbone_invalid.",
 	}, []string{"reason"})
 	reg.MustRegister(m.eventsIn, m.publishes, m.delivery, m.rpcCalls, m.refused)
 

@@ -43,6 +43,21 @@ type presenceEvent struct {
 	Info     json.RawMessage `json:"info,omitempty"`
 }
 
+// encodePresenceEvent encodes ev with info copied unchanged, since
+// encoding/json would escape <, > and & in it and could push the event over
+// the notification's size limit.
+func encodePresenceEvent(ev presenceEvent) []byte {
+	info := ev.Info
+	ev.Info = nil
+	head, _ := json.Marshal(ev)
+	if len(info) == 0 {
+		return head
+	}
+	out := append(head[:len(head)-1:len(head)-1], `,"info":`...)
+	out = append(out, info...)
+	return append(out, '}')
+}
+
 // presenceSeq keeps two identical presence events apart, since Postgres
 // folds identical notifications of one transaction.
 var presenceSeq atomic.Uint64
@@ -54,7 +69,7 @@ func (s *Server) broadcastPresence(ctx context.Context, t string, ev presenceEve
 	if key == nil {
 		return
 	}
-	data, _ := json.Marshal(ev)
+	data := encodePresenceEvent(ev)
 	topicJSON, _ := json.Marshal("presence." + t)
 	payload := `{"k":"b","x":0,"n":` + strconv.FormatUint(presenceSeq.Add(1), 10) +
 		`,"u":` + strconv.FormatInt(time.Now().UnixMicro(), 10) +
@@ -112,6 +127,9 @@ func checkPresenceTopic(raw *string, claims interface{ CanPresence(string) bool 
 	}
 	t := *raw
 	if err := topic.Validate(t); err != nil {
+		if errors.Is(err, topic.ErrWildcard) {
+			return "", rpc.InvalidParams("topic %q is a pattern: presence is kept per topic", t)
+		}
 		return "", rpc.InvalidParams("%v", err)
 	}
 	if len(t) > maxPresenceTopic {
@@ -238,15 +256,18 @@ type historyEvent struct {
 }
 
 func (s *Server) readHistory(ctx context.Context, t string, limit int, before int64) (historyResult, error) {
-	events, err := s.store.History(ctx, t, limit, before)
+	// One event more than asked tells whether an older page exists.
+	events, err := s.store.History(ctx, t, limit+1, before)
 	if err != nil {
 		return historyResult{}, err
 	}
+	more := len(events) > limit
+	events = events[:min(len(events), limit)]
 	out := historyResult{Topic: t, Events: make([]historyEvent, len(events))}
 	for i, ev := range events {
 		out.Events[i] = historyEvent{Topic: ev.Topic, Data: ev.Data, ID: ev.ID, TS: ev.TS}
 	}
-	if len(events) == limit {
+	if more {
 		out.Next = events[len(events)-1].ID
 	}
 	return out, nil

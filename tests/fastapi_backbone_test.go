@@ -61,7 +61,7 @@ func TestBackboneMessageReachesSidecarClients(t *testing.T) {
 	pg := connect(t, db)
 	exec(t, pg, `SELECT pg_notify('`+backboneChannel+`', '{"notifier_id": "0f3c9a1e2b4d4c5e8f6a7b8c9d0e1f2a", "topics": ["from-python"], "data": {"n": 1}}')`)
 
-	if a := notifyOf(t, py.nextNotify()); a.Subscription.Topic != "from-python" || string(a.Data) != `{"n":1}` {
+	if a := notifyOf(t, py.nextNotify()); a.Subscription.Topic != "from-python" || !sameJSON(a.Data, `{"n":1}`) {
 		t.Errorf("/pubsub notify = %+v, want topic from-python with {\"n\":1}", a)
 	}
 	ev := next(t, sub)

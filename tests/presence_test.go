@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -261,6 +262,26 @@ func TestHistoryPagesNewestFirst(t *testing.T) {
 		t.Errorf("history starts with %s and ends with %s, want the newest (24) first and the oldest (0) last", datas[0], datas[24])
 	}
 
+	// A page size that divides the events: the last full page says so.
+	pages, before = 0, 0
+	for {
+		page, err := c.History(ctx, "h.t", 5, before)
+		if err != nil {
+			t.Fatalf("History: %v", err)
+		}
+		pages++
+		if len(page.Events) == 0 {
+			t.Fatalf("page %d is empty: the page before it should have had next_before 0", pages)
+		}
+		if page.NextBefore == 0 {
+			break
+		}
+		before = page.NextBefore
+	}
+	if pages != 5 {
+		t.Errorf("25 events in pages of 5 took %d pages, want 5", pages)
+	}
+
 	var rerr *client.RPCError
 	if _, err := c.History(ctx, "secret.t", 10, 0); !asRPCError(err, &rerr) || rerr.Code != -32003 {
 		t.Errorf("History of a topic the token may not subscribe to = %v, want -32003", err)
@@ -293,4 +314,24 @@ func getJSON(t *testing.T, sc *sidecar, path string) (int, map[string]any) {
 	var body map[string]any
 	_ = json.NewDecoder(resp.Body).Decode(&body)
 	return resp.StatusCode, body
+}
+
+// Info with characters that JSON encoders like to escape still fits, and
+// its join event arrives.
+func TestPresenceJoinEventKeepsInfo(t *testing.T) {
+	db := pgtest.NewDatabase(t)
+	sc := startSidecar(t, db)
+	ctx := ctxLong(t)
+	c := dialToken(t, sc, presenceToken(t, "hana"))
+	watch := subscribe(t, c, []string{"presence.room.x"})
+
+	info := strings.Repeat("<&>", 680) // 2,040 bytes with its quotes
+	if err := c.JoinPresence(ctx, "room.x", info); err != nil {
+		t.Fatal(err)
+	}
+	d := nextPresence(t, watch)
+	var got string
+	if err := json.Unmarshal(d.Info, &got); err != nil || got != info {
+		t.Errorf("join event info = %.40s…, %v, want the info as given", d.Info, err)
+	}
 }

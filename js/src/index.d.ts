@@ -152,7 +152,7 @@ export declare class SidecarClient {
 
   /** Calls app.<name> on the application; rejects with a SidecarError. */
   call<R = unknown>(method: string, params?: unknown, options?: { timeout?: number }): Promise<R>;
-  /** Marks this connection present on topic, with optional public info; it leaves when the connection closes. */
+  /** Marks this client present on topic, with optional public info; it rejoins after each reconnect until leavePresence. */
   joinPresence(topic: string, info?: unknown, options?: { timeout?: number }): Promise<unknown>;
   /** Removes this connection from topic; resolves to whether it was present. */
   leavePresence(topic: string, options?: { timeout?: number }): Promise<boolean>;

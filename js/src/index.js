@@ -135,6 +135,7 @@ export class SidecarClient extends Emitter {
     this.pending = new Map();
     /** @type {Set<Subscription>} */
     this.subscriptions = new Set();
+    this.presenceJoins = new Map(); // topic to the params of presence.join, rejoined on reconnect
     /** @type {Map<string, Subscription>} subscriptions by the sidecar's id on this connection */
     this.byServerId = new Map();
     /** @type {Map<string, Function>} */
@@ -223,14 +224,21 @@ export class SidecarClient extends Emitter {
     return this.request(method, params, options.timeout ?? DEFAULT_CALL_TIMEOUT_MS);
   }
 
-  /** Marks this connection present on topic, with optional public info; it leaves when the connection closes. */
-  joinPresence(topic, info, options = {}) {
+  /**
+   * Marks this client present on topic, with optional public info. The
+   * client joins again after each reconnect, as it resubscribes, until
+   * leavePresence.
+   */
+  async joinPresence(topic, info, options = {}) {
     const params = info === undefined ? { topic } : { topic, info };
-    return this.call('presence.join', params, options);
+    const result = await this.call('presence.join', params, options);
+    this.presenceJoins.set(topic, params);
+    return result;
   }
 
-  /** Removes this connection from topic; resolves to whether it was present. */
+  /** Removes this client from topic; resolves to whether it was present. */
   async leavePresence(topic, options = {}) {
+    this.presenceJoins.delete(topic);
     const r = await this.call('presence.leave', { topic }, options);
     return Boolean(r && r.left);
   }
@@ -252,7 +260,7 @@ export class SidecarClient extends Emitter {
    * where nextBefore is the before of the next, older page, or 0.
    */
   async history(topic, { limit = 50, before, timeout } = {}) {
-    const params = before ? { topic, limit, before } : { topic, limit };
+    const params = before === undefined || before === null ? { topic, limit } : { topic, limit, before };
     const r = await this.call('history', params, { timeout });
     return { events: r.events, nextBefore: r.next_before };
   }
@@ -417,6 +425,11 @@ export class SidecarClient extends Emitter {
     this.setState('open', {});
     for (const w of this.readyWaiters.splice(0)) w.resolve();
     for (const sub of this.subscriptions) this.sendSubscribe(sub, connection);
+    for (const params of this.presenceJoins.values()) {
+      this.send(connection, 'presence.join', params, DEFAULT_CALL_TIMEOUT_MS).catch((err) => {
+        if (connection === this.connection) this.emit('error', wrapError(`rejoining presence of ${params.topic} failed`, err));
+      });
+    }
   }
 
   scheduleRefresh(connection, exp) {

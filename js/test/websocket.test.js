@@ -363,3 +363,24 @@ test('presence and history through the client', opts, async (t) => {
   assert.deepEqual(rest.events.map((e) => e.data.n), [0]);
   assert.equal(rest.nextBefore, 0);
 });
+
+test('presence is joined again after a sidecar restart', opts, async (t) => {
+  const room = uniqueTopic('rejoin');
+  const client = newClient(t, { token: signToken('rejoiner', { subscribe: ['>'], presence: [room] }) });
+  await once(client, 'welcome');
+  await client.joinPresence(room, { seat: 1 });
+
+  await control('/stop');
+  const welcomed = once(client, 'welcome');
+  await control('/start');
+  await welcomed;
+
+  let members = [];
+  for (let i = 0; i < 100 && members.length === 0; i++) {
+    members = await client.presence(room);
+    if (members.length === 0) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.deepEqual(members.map((m) => [m.client_id, m.info]), [[client.clientId, { seat: 1 }]]);
+
+  await assert.rejects(client.history(room, { before: 0 }), /before/);
+});
