@@ -24,10 +24,10 @@ import (
 //     connected to one sidecar, so it gets each message once.
 //   - One sidecar of the fleet at a time, the holder of an advisory lock,
 //     puts every event that reaches the sidecars through Postgres (from SQL,
-//     the HTTP API or a websocket) on the channel in their format: one
-//     message per topic with the fleet's notifier id. Python servers deliver
-//     those to their clients, and sidecars ignore them, because their
-//     clients have the events already.
+//     the HTTP API or a websocket) on the channel in their format. Each
+//     topic gets one message with the fleet's notifier id. Python servers
+//     deliver those to their clients, and sidecars ignore them, because
+//     their clients have the events already.
 
 // fleetNotifierID is the notifier_id of every message that sidecars put on
 // the backbone. Python servers skip only messages with their own id.
@@ -98,7 +98,8 @@ func (b *backbone) receive(payload string) {
 }
 
 // offer queues a relayed event for the backbone while this sidecar is the
-// forwarder. It never blocks.
+// forwarder. It never blocks: when the queue is full, the event is dropped
+// and counted.
 func (b *backbone) offer(ev hub.Event) {
 	if !b.leader.Load() || topic.IsReserved(ev.Topic) && !isRowChange(ev.Topic) {
 		return

@@ -547,7 +547,7 @@ func (fs *fastapiSession) endPublish(ids []int64, own bool) {
 			fs.own[id] = true
 		}
 		// An id is checked once per matching subscription, so it stays
-		// until the set is large; the oldest half then goes, long after
+		// until the set is large. The oldest half then goes, long after
 		// their events were delivered.
 		if len(fs.own) > maxOwnIDs {
 			pruneOldest(fs.own, len(fs.own)/2)

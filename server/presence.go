@@ -256,7 +256,7 @@ type historyEvent struct {
 }
 
 func (s *Server) readHistory(ctx context.Context, t string, limit int, before int64) (historyResult, error) {
-	// One event more than asked tells whether an older page exists.
+	// One event more than requested shows whether an older page exists.
 	events, err := s.store.History(ctx, t, limit+1, before)
 	if err != nil {
 		return historyResult{}, err
@@ -300,7 +300,7 @@ func (sess *session) prepareHistory(raw json.RawMessage) (call, *rpc.Error) {
 	}}, nil
 }
 
-// internalError logs err and returns the -32603 error a client sees.
+// internalError logs err and returns the -32603 error for the client.
 func (sess *session) internalError(err error) *rpc.Error {
 	sess.logger().Error("request failed", "err", err)
 	return rpc.Errorf(rpc.CodeInternal, "the request failed inside the sidecar; try again")
@@ -379,6 +379,7 @@ func (s *Server) presenceStatsHTTP(c echo.Context) error {
 
 func (s *Server) historyHTTP(c echo.Context) error {
 	q := c.QueryParams()
+
 	var topicArg *string
 	if q.Has("topic") {
 		v := q.Get("topic")
@@ -400,10 +401,12 @@ func (s *Server) historyHTTP(c echo.Context) error {
 		}
 		before = &n
 	}
+
 	t, n, b, rerr := checkHistory(topicArg, limit, before)
 	if rerr != nil {
 		return apiError(c, http.StatusBadRequest, "invalid_request", rerr.Message)
 	}
+
 	res, err := s.readHistory(c.Request().Context(), t, n, b)
 	if err != nil {
 		return s.apiInternal(c, err)

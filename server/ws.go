@@ -36,9 +36,9 @@ const (
 )
 
 // session is one websocket connection. Its read loop runs on a goroutine
-// of its own, started once the connection is upgraded, so that the HTTP
-// handler's goroutine, with the stack it grew during the handshake, and the
-// request's objects are released; requests that wait on Postgres run on
+// of its own, started once the connection is upgraded. The HTTP handler's
+// goroutine, with the stack it grew during the handshake, and the request's
+// objects are then released. Requests that wait on Postgres run on
 // goroutines of their own, at most Config.MaxInFlight at a time.
 type session struct {
 	srv    *Server
