@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -404,7 +405,7 @@ func (s *Server) historyHTTP(c echo.Context) error {
 
 	t, n, b, rerr := checkHistory(topicArg, limit, before)
 	if rerr != nil {
-		return apiError(c, http.StatusBadRequest, "invalid_request", rerr.Message)
+		return apiError(c, http.StatusBadRequest, historyErrorCode(rerr.Message), rerr.Message)
 	}
 
 	res, err := s.readHistory(c.Request().Context(), t, n, b)
@@ -412,6 +413,19 @@ func (s *Server) historyHTTP(c echo.Context) error {
 		return s.apiInternal(c, err)
 	}
 	return c.JSON(http.StatusOK, res)
+}
+
+// historyErrorCode names the parameter that checkHistory's message is
+// about, as the HTTP API's error code.
+func historyErrorCode(msg string) string {
+	switch {
+	case strings.HasPrefix(msg, `"limit"`):
+		return "invalid_limit"
+	case strings.HasPrefix(msg, `"before"`):
+		return "invalid_before"
+	default:
+		return "invalid_topic"
+	}
 }
 
 // apiPresenceTopic reads and checks the topic query parameter.
