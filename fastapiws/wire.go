@@ -279,22 +279,6 @@ func EncodeBackbone(notifierID, topic string, data json.RawMessage) []byte {
 	return append(b, '}')
 }
 
-// Notification is the arguments of the notify call that delivers an event
-// to a pub/sub client.
-type Notification struct {
-	Subscription NotifySubscription `json:"subscription"`
-	Data         json.RawMessage    `json:"data"`
-}
-
-// NotifySubscription describes the subscription that an event matched.
-// Their client reads only Topic.
-type NotifySubscription struct {
-	ID           string  `json:"id"`
-	SubscriberID string  `json:"subscriber_id"`
-	Topic        string  `json:"topic"`
-	NotifierID   *string `json:"notifier_id"`
-}
-
 // BackboneMessage is one message of their servers' broadcast channel
 // (EventNotifier by default): one topic per message in practice.
 type BackboneMessage struct {

@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"bytes"
 	"strconv"
 	"unicode/utf8"
 )
@@ -13,6 +14,13 @@ const (
 	framePrefixHead = `{"jsonrpc":"2.0","method":"event","params":{"topic":`
 	frameSuffix     = `"}}`
 )
+
+// IsEventFrame reports whether msg, a message the hub gave to a Sink, is an
+// event notification, so that a sink can rewrite events for another
+// protocol and pass everything else through.
+func IsEventFrame(msg []byte) bool {
+	return bytes.HasPrefix(msg, []byte(framePrefixHead))
+}
 
 // encodePrefix returns the event notification for ev up to and including
 // the opening quote of the subscription id. The id field is omitted for

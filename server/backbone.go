@@ -176,11 +176,7 @@ func (b *backbone) holdLock(ctx context.Context, log interface {
 
 // send puts one event on the backbone in their format.
 func (b *backbone) send(ctx context.Context, pool *pgxpool.Pool, ev hub.Event) {
-	data := ev.Data
-	if len(data) == 0 {
-		data = json.RawMessage("null")
-	}
-	msg := fastapiws.EncodeBackbone(fleetNotifierID, ev.Topic, data)
+	msg := fastapiws.EncodeBackbone(fleetNotifierID, ev.Topic, ev.Data)
 	if len(msg) > maxBackboneMessage {
 		b.s.metrics.refused.WithLabelValues("too_large_for_backbone").Inc()
 		b.warn("an event is too large for the fastapi backbone (NOTIFY takes under 8000 bytes); Python servers do not get it", "topic", ev.Topic, "bytes", len(msg))

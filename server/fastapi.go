@@ -31,7 +31,7 @@ import (
 // (/pubsub) on the same hub, authorization and durable events as /v1/ws.
 // Unlike their servers, the sidecar handles the requests of one connection
 // concurrently, delivers notify through the connection's bounded queue
-// without waiting for the client's reply, and answers errors in band.
+// without waiting for the client's reply, and returns errors in band.
 
 // fastapiMode selects the methods an endpoint offers.
 type fastapiMode int
@@ -129,19 +129,7 @@ func (s *Server) serveFastAPI(w http.ResponseWriter, r *http.Request, mode fasta
 		inFlight: make(chan struct{}, s.cfg.MaxInFlight), lastPublish: closedChan(),
 	}
 
-	s.loopsMu.Lock()
-	started := !s.loopsClosed
-	if started {
-		s.sessionLoops.Go(func() {
-			defer s.conns.release(claims.Subject)
-			s.runFastAPISession(fs)
-		})
-	}
-	s.loopsMu.Unlock()
-	if !started {
-		s.conns.release(claims.Subject)
-		_ = conn.Close(closeDraining, "sidecar restarting: reconnect")
-	}
+	s.startSessionLoop(conn, claims.Subject, func() { s.runFastAPISession(fs) })
 }
 
 func (s *Server) runFastAPISession(fs *fastapiSession) {
@@ -190,7 +178,8 @@ func (fs *fastapiSession) readLoop(ctx context.Context) string {
 		m, err := fastapiws.Decode(msg)
 		if err != nil {
 			// Their servers close the connection here; the sidecar logs
-			// and goes on, as it cannot tell which call to answer.
+			// and goes on, because it cannot tell which call the message
+			// belonged to.
 			sess.logger().Info("ignored a message that is not of the fastapi protocol", "err", err)
 			continue
 		}
@@ -326,7 +315,7 @@ func (fs *fastapiSession) handleAppCall(ctx context.Context, req fastapiws.Reque
 		return
 	}
 
-	// Their servers answer requests without call_id too, so every call
+	// Their servers respond to requests without call_id too, so every call
 	// is forwarded as a request.
 	call := appcall.Call{
 		ClientID: sess.id,
@@ -357,8 +346,7 @@ type topicsArgs struct {
 	Topics json.RawMessage `json:"topics"`
 }
 
-// topicList reads the topics argument: a list of strings, or one string
-// (their server accepts the bare all-topics string).
+// topicList reads the topics argument of subscribe and unsubscribe.
 func topicList(args json.RawMessage) ([]string, *fastapiws.Error) {
 	var a topicsArgs
 	if len(args) > 0 {
@@ -366,15 +354,22 @@ func topicList(args json.RawMessage) ([]string, *fastapiws.Error) {
 			return nil, &fastapiws.Error{Code: rpc.CodeInvalidParams, Message: "arguments must be an object"}
 		}
 	}
-	if len(a.Topics) == 0 || bytes.Equal(a.Topics, []byte("null")) {
+	return parseTopics(a.Topics)
+}
+
+// parseTopics reads a topics value: a list of strings, or one string
+// (their server accepts the bare all-topics string). Absent or null is an
+// empty list.
+func parseTopics(raw json.RawMessage) ([]string, *fastapiws.Error) {
+	if len(raw) == 0 || bytes.Equal(raw, []byte("null")) {
 		return nil, nil
 	}
 	var one string
-	if json.Unmarshal(a.Topics, &one) == nil {
+	if json.Unmarshal(raw, &one) == nil {
 		return []string{one}, nil
 	}
 	var list []string
-	if err := json.Unmarshal(a.Topics, &list); err != nil {
+	if err := json.Unmarshal(raw, &list); err != nil {
 		return nil, &fastapiws.Error{Code: rpc.CodeInvalidParams, Message: `"topics" must be a list of strings`}
 	}
 	return list, nil
@@ -489,7 +484,7 @@ func (fs *fastapiSession) publish(ctx context.Context, args json.RawMessage) (bo
 			return false, &fastapiws.Error{Code: rpc.CodeInvalidParams, Message: "arguments must be an object with topics, data, sync and notifier_id"}
 		}
 	}
-	topics, e := topicList(json.RawMessage(`{"topics":` + string(orNull(a.Topics)) + `}`))
+	topics, e := parseTopics(a.Topics)
 	if e != nil {
 		return false, e
 	}
@@ -638,16 +633,13 @@ type fastapiSink struct {
 	tooLarge  atomic.Int64
 }
 
-var (
-	eventFramePrefix     = []byte(`{"jsonrpc":"2.0","method":"event"`)
-	heartbeatFramePrefix = []byte(`{"jsonrpc":"2.0","method":"heartbeat"`)
-)
+var heartbeatFramePrefix = []byte(`{"jsonrpc":"2.0","method":"heartbeat"`)
 
 func (s *fastapiSink) Write(_ context.Context, msg []byte) error {
 	switch {
 	case bytes.HasPrefix(msg, heartbeatFramePrefix):
 		return nil
-	case bytes.HasPrefix(msg, eventFramePrefix):
+	case hub.IsEventFrame(msg):
 		frame, ok := s.notifyFrame(msg)
 		if !ok {
 			return nil

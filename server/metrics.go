@@ -93,11 +93,10 @@ func newMetrics(s *Server) *metrics {
 		m.refused.WithLabelValues(reason)
 	}
 
-	hubStat := func(read func() float64) func() float64 { return read }
 	reg.MustRegister(
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_clients", Help: "Connected websockets and event streams.",
-		}, hubStat(func() float64 { return float64(s.hub.Stats().Clients) })),
+		}, func() float64 { return float64(s.hub.Stats().Clients) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "sidecar_subscriptions", Help: "Subscriptions of the connected clients.",
 		}, func() float64 { return float64(s.hub.Stats().Subscriptions) }),

@@ -169,7 +169,7 @@ func (sess *session) preparePresence(m rpc.Message) (call, *rpc.Error) {
 		}
 		return call{run: func(ctx context.Context) (any, *rpc.Error) {
 			if err := srv.store.Join(ctx, t, sess.id, srv.instance, claims.Subject, info); err != nil {
-				return nil, sess.internalError(err)
+				return nil, sess.internal(err)
 			}
 			sess.presence.add(t)
 			srv.broadcastPresence(ctx, t, presenceEvent{Event: "join", ClientID: sess.id, Subject: claims.Subject, Info: info})
@@ -179,7 +179,7 @@ func (sess *session) preparePresence(m rpc.Message) (call, *rpc.Error) {
 		return call{run: func(ctx context.Context) (any, *rpc.Error) {
 			left, err := srv.store.Leave(ctx, t, sess.id)
 			if err != nil {
-				return nil, sess.internalError(err)
+				return nil, sess.internal(err)
 			}
 			sess.presence.remove(t)
 			if left {
@@ -191,7 +191,7 @@ func (sess *session) preparePresence(m rpc.Message) (call, *rpc.Error) {
 		return call{run: func(ctx context.Context) (any, *rpc.Error) {
 			members, err := srv.store.PresenceList(ctx, t)
 			if err != nil {
-				return nil, sess.internalError(err)
+				return nil, sess.internal(err)
 			}
 			return map[string]any{"topic": t, "members": members}, nil
 		}}, nil
@@ -199,7 +199,7 @@ func (sess *session) preparePresence(m rpc.Message) (call, *rpc.Error) {
 		return call{run: func(ctx context.Context) (any, *rpc.Error) {
 			st, err := srv.store.PresenceStats(ctx, t)
 			if err != nil {
-				return nil, sess.internalError(err)
+				return nil, sess.internal(err)
 			}
 			return map[string]any{"topic": t, "clients": st.Clients, "subjects": st.Subjects}, nil
 		}}, nil
@@ -295,16 +295,10 @@ func (sess *session) prepareHistory(raw json.RawMessage) (call, *rpc.Error) {
 	return call{run: func(ctx context.Context) (any, *rpc.Error) {
 		res, err := sess.srv.readHistory(ctx, t, limit, before)
 		if err != nil {
-			return nil, sess.internalError(err)
+			return nil, sess.internal(err)
 		}
 		return res, nil
 	}}, nil
-}
-
-// internalError logs err and returns the -32603 error for the client.
-func (sess *session) internalError(err error) *rpc.Error {
-	sess.logger().Error("request failed", "err", err)
-	return rpc.Errorf(rpc.CodeInternal, "the request failed inside the sidecar; try again")
 }
 
 // joinedTopics is the set of topics a session has joined, for the leave

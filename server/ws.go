@@ -122,13 +122,20 @@ func (s *Server) serveWS(w http.ResponseWriter, r *http.Request) {
 		sess.claims.Store(claims)
 	}
 
-	// The connection is hijacked, so it outlives the handler.
+	s.startSessionLoop(conn, subject, func() { s.runSession(sess) })
+}
+
+// startSessionLoop runs run on a goroutine that drain waits for, because
+// the hijacked connection outlives the handler, and releases subject's
+// connection count when run returns. Once drain has begun, it closes conn
+// with 1012 instead.
+func (s *Server) startSessionLoop(conn *websocket.Conn, subject string, run func()) {
 	s.loopsMu.Lock()
 	started := !s.loopsClosed
 	if started {
 		s.sessionLoops.Go(func() {
 			defer s.conns.release(subject)
-			s.runSession(sess)
+			run()
 		})
 	}
 	s.loopsMu.Unlock()
