@@ -353,7 +353,7 @@ func (h *Hub) Shutdown(ctx context.Context, code int, reason string) error {
 
 // ShutdownSpread is Shutdown with the closes spread over spread: each
 // client registered when it begins is closed at a random moment within
-// that window, so that clients told to reconnect elsewhere do not all
+// that window, so that clients asked to reconnect elsewhere do not all
 // arrive at the other servers at once. Clients registered later are closed
 // at once. ctx bounds the whole shutdown, spread included.
 func (h *Hub) ShutdownSpread(ctx context.Context, spread time.Duration, code int, reason string) error {

@@ -920,7 +920,7 @@ func TestWildcardIndexAgreesWithMatch(t *testing.T) {
 	})
 }
 
-// DeliveryLatency sees each live event that a writer wrote, measured from
+// DeliveryLatency receives each live event that a writer wrote, measured from
 // the event's Published, and neither replayed events nor other messages.
 func TestDeliveryLatencyCountsLiveEventsOnly(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {

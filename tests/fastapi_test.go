@@ -25,7 +25,7 @@ type pyClient struct {
 	t    *testing.T
 	conn *websocket.Conn
 	// early holds responses read while waiting for another one, because
-	// the sidecar answers concurrent requests in any order.
+	// the sidecar responds to concurrent requests in any order.
 	early map[string]frame
 }
 
@@ -104,7 +104,7 @@ func (c *pyClient) nextWithin(d time.Duration) (frame, bool) {
 	return f, true
 }
 
-// response reads frames until the response to callID, answering and
+// response reads frames until the response to callID, acknowledging and
 // collecting the notify requests on the way.
 func (c *pyClient) response(callID string, notifies *[]frame) frame {
 	c.t.Helper()
@@ -132,7 +132,7 @@ func (c *pyClient) response(callID string, notifies *[]frame) frame {
 	}
 }
 
-// ack answers a notify as their client does.
+// ack acknowledges a notify as their client does.
 func (c *pyClient) ack(f frame) {
 	c.send(fmt.Sprintf(`{"request": null, "response": {"result": "None", "result_type": "str", "call_id": %q}}`, *f.Request.CallID))
 }

@@ -59,8 +59,8 @@ func nextPresence(t *testing.T, sub *client.Subscription) presenceData {
 	return d
 }
 
-// Three clients on two instances join one topic and each sees all three;
-// when one disconnects, the others get a leave event and see two.
+// Three clients on two instances join one topic and each lists all three;
+// when one disconnects, the others get a leave event and list two.
 func TestPresenceAcrossInstances(t *testing.T) {
 	db := pgtest.NewDatabase(t)
 	a := startSidecar(t, db)
@@ -93,7 +93,7 @@ func TestPresenceAcrossInstances(t *testing.T) {
 		t.Errorf("PresenceStats = %+v, %v, want 3 clients of 3 subjects", st, err)
 	}
 
-	// The join events: each watcher sees the three joins, with info.
+	// The join events: each watcher receives the three joins, with info.
 	for _, w := range []*client.Subscription{watch2, watch3} {
 		joined := map[string]bool{}
 		for range 3 {
@@ -262,7 +262,7 @@ func TestHistoryPagesNewestFirst(t *testing.T) {
 		t.Errorf("history starts with %s and ends with %s, want the newest (24) first and the oldest (0) last", datas[0], datas[24])
 	}
 
-	// A page size that divides the events: the last full page says so.
+	// A page size that divides the events: the last full page has next_before 0.
 	pages, before = 0, 0
 	for {
 		page, err := c.History(ctx, "h.t", 5, before)

@@ -17,7 +17,7 @@ import (
 
 // A client may send its first frames in the same packet as its upgrade
 // request. The sidecar must read them from what net/http had already
-// buffered, before it reads from the socket, and answer them in order,
+// buffered, before it reads from the socket, and respond to them in order,
 // whether they fit in the sidecar's small read buffer or not.
 func TestUpgradeKeepsFramesSentWithTheRequest(t *testing.T) {
 	db := pgtest.NewDatabase(t)

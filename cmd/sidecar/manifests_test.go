@@ -556,7 +556,7 @@ func TestManifestShutdownTiming(t *testing.T) {
 		t.Errorf("terminationGracePeriodSeconds = %d, want at least preStop sleep %d + drain timeout %d (SIDECAR_DRAIN_TIMEOUT=%s)", grace, sleep, drain, cfg.DrainTimeout)
 	}
 	// The sidecar cuts a longer spread to half of the drain timeout, so a
-	// longer setting would not mean what it says.
+	// longer setting would not take effect as written.
 	if cfg.DrainSpread > cfg.DrainTimeout/2 {
 		t.Errorf("SIDECAR_DRAIN_SPREAD = %s, want at most half of SIDECAR_DRAIN_TIMEOUT = %s", cfg.DrainSpread, cfg.DrainTimeout)
 	}
